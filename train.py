@@ -1,0 +1,166 @@
+"""Train or evaluate a trainer on a dataset: CoOp's command line.
+
+    python train.py --root $DATA --seed 1 --trainer SoftCPT \
+        --dataset-config-file configs/datasets/toy.yaml \
+        --config-file configs/trainers/SoftCPT/tiny.yaml \
+        --output-dir output/toy/SoftCPT/seed1 [KEY VALUE ...]
+
+Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), an unknown
+config key or trainer name fails with the valid choices, and a finished run
+leaves a ``done`` marker in its output directory, written last.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import os.path as osp
+import sys
+from typing import Optional, Sequence
+
+logger = logging.getLogger("train")
+DONE_MARKER = "done"
+
+try:
+    import dassl  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised by hand
+    raise SystemExit("Dassl is not installed: see INSTALL.md#dassl "
+                     "(pip install from github.com/KaiyangZhou/Dassl.pytorch).") from err
+
+import torch  # noqa: E402
+from dassl.config import get_cfg_default  # noqa: E402
+from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: E402
+from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa: E402
+
+import datasets  # noqa: E402,F401  (registers the datasets)
+import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
+from trainers.config import extend_cfg  # noqa: E402
+from trainers.logs import setup_logging  # noqa: E402
+
+
+class ConfigError(ValueError):
+    """A config file or command-line option names a key or value that does not exist."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--root", type=str, default="", help="path to dataset ($DATA)")
+    p.add_argument("--output-dir", type=str, default="", help="output directory")
+    p.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
+    p.add_argument("--seed", type=int, default=None, help="random seed (0 is a seed too)")
+    p.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    p.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    p.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    p.add_argument("--config-file", type=str, default="", help="trainer config file")
+    p.add_argument("--dataset-config-file", type=str, default="", help="dataset config file")
+    p.add_argument("--trainer", type=str, default="", help="name of trainer")
+    p.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
+    p.add_argument("--head", type=str, default="", help="name of head")
+    p.add_argument("--eval-only", action="store_true", help="evaluation only")
+    p.add_argument("--model-dir", type=str, default="", help="load model from this directory")
+    p.add_argument("--load-epoch", type=int, help="load model weights at this epoch")
+    p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                   help="modify config options using the command-line")
+    return p
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        out.extend(_all_keys(v, full + ".") if isinstance(v, dict) else [full])
+    return out
+
+
+def _merge(cfg, source: str, merge) -> None:
+    """Run a yacs merge, turning its bare KeyError into an actionable message."""
+    try:
+        merge()
+    except KeyError as err:
+        bad = str(err).strip("'\"").replace("Non-existent config key: ", "")
+        near = difflib.get_close_matches(bad, _all_keys(cfg), n=5, cutoff=0.6)
+        hint = f" Did you mean one of {near}?" if near else ""
+        raise ConfigError(f"{source}: unknown config key {bad!r}.{hint} "
+                          "Valid keys are those printed by `python train.py --help-config`; "
+                          "see README.md#configuration.") from None
+
+
+def setup_cfg(args: argparse.Namespace):
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    if args.dataset_config_file:
+        _merge(cfg, args.dataset_config_file, lambda: cfg.merge_from_file(args.dataset_config_file))
+    if args.config_file:
+        _merge(cfg, args.config_file, lambda: cfg.merge_from_file(args.config_file))
+    for flag, key in [("root", "DATASET.ROOT"), ("output_dir", "OUTPUT_DIR"), ("resume", "RESUME"),
+                      ("source_domains", "DATASET.SOURCE_DOMAINS"),
+                      ("target_domains", "DATASET.TARGET_DOMAINS"), ("transforms", "INPUT.TRANSFORMS"),
+                      ("trainer", "TRAINER.NAME"), ("backbone", "MODEL.BACKBONE.NAME"),
+                      ("head", "MODEL.HEAD.NAME")]:
+        value = getattr(args, flag)
+        if value:
+            cfg.merge_from_list([key, value])
+    if args.seed is not None:  # unlike CoOp, --seed 0 is honoured
+        cfg.SEED = args.seed
+    if args.config_file:  # recorded in results.json
+        cfg.CONFIG_NAME = osp.splitext(osp.basename(args.config_file))[0]
+    _merge(cfg, "command line", lambda: cfg.merge_from_list(args.opts or []))
+    cfg.freeze()
+    return cfg
+
+
+def check_trainer(name: str) -> None:
+    valid = sorted(TRAINER_REGISTRY.registered_names())
+    if name not in valid:
+        near = difflib.get_close_matches(name, valid, n=3)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown trainer {name!r} (--trainer / TRAINER.NAME).{hint} "
+                          f"Registered trainers: {valid}. See README.md#trainers.")
+
+
+def print_args(args: argparse.Namespace, cfg) -> None:
+    print("***************\n** Arguments **\n***************")
+    for key in sorted(vars(args)):
+        print(f"{key}: {getattr(args, key)}")
+    print("************\n** Config **\n************")
+    print(cfg)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help-config" in argv:  # every valid key with its default
+        cfg = get_cfg_default()
+        extend_cfg(cfg)
+        print(cfg.dump())
+        return
+    args = build_parser().parse_args(argv)
+    cfg = setup_cfg(args)
+    check_trainer(cfg.TRAINER.NAME)
+    if cfg.SEED >= 0:
+        set_random_seed(cfg.SEED)
+    setup_logger(cfg.OUTPUT_DIR)
+    setup_logging()
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+    print_args(args, cfg)
+    print("Collecting env info ...")
+    print(f"** System info **\n{collect_env_info()}\n")
+
+    trainer = build_trainer(cfg)
+    if args.eval_only:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+    elif not args.no_train:
+        trainer.train()
+    if cfg.OUTPUT_DIR and (args.eval_only or not args.no_train):
+        # Written last: a sweep skips a run only when this file exists.
+        with open(osp.join(cfg.OUTPUT_DIR, DONE_MARKER), "w") as f:
+            f.write("finished\n")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,15 @@
+"""Trainers, evaluator and shared prompt-tuning parts.
+
+Importing this package registers every trainer and the evaluator with Dassl's
+registries (as ``import trainers.coop`` does in CoOp). Without Dassl only the
+Dassl-free parts (backbone, text encoder, prompt builder, schedule) import;
+train.py reports the missing Dassl.
+"""
+try:
+    import dassl  # noqa: F401
+except ImportError:  # the Dassl-free modules stay importable
+    dassl = None
+
+if dassl is not None:
+    # Imported for their registration side effects only.
+    from . import evaluator  # noqa: F401

@@ -1,0 +1,191 @@
+"""The CLIP backbone every trainer uses, loaded through open_clip.
+
+``MODEL.BACKBONE.NAME`` accepts:
+
+* CoOp's names (``RN50``, ``RN101``, ``ViT-B/32``, ``ViT-B/16``, ``ViT-L/14``, ...)
+  with OpenAI's weights; a file CLIP already downloaded to ``~/.cache/clip`` is
+  used before any download is tried;
+* a path to an OpenAI-format checkpoint file (a JIT archive or a state dict);
+* any open_clip model name, with ``MODEL.BACKBONE.PRETRAINED_TAG`` naming its
+  weights (a tag such as ``laion2b_s34b_b79k`` or a file);
+* ``tiny``: a small CLIP with seeded random weights, written to an OpenAI-format
+  checkpoint and loaded through the same path as real weights. For tests and
+  offline demos only: its accuracies mean nothing.
+
+``MODEL.BACKBONE.PRETRAINED False`` builds the architecture with random weights
+(used by the benchmark script, which needs no download).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import os.path as osp
+import tempfile
+import warnings
+from typing import Optional
+
+import open_clip
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# CoOp's backbone names -> open_clip architecture names.
+COOP_TO_OPENCLIP = {
+    "RN50": "RN50",
+    "RN101": "RN101",
+    "RN50x4": "RN50x4",
+    "RN50x16": "RN50x16",
+    "RN50x64": "RN50x64",
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+}
+TINY = "tiny"
+PRECISIONS = ("fp16", "fp32", "amp")
+OPENAI_CACHE = osp.expanduser("~/.cache/clip")
+
+
+def openai_cache_file(name: str) -> str:
+    """Where the ``clip`` package stores a CoOp-named model, e.g. ``~/.cache/clip/ViT-B-16.pt``."""
+    return osp.join(OPENAI_CACHE, name.replace("/", "-") + ".pt")
+
+
+def resolve_precision(prec: str, device: torch.device | str) -> str:
+    """CoOp's PREC on this device: fp16 and amp need a GPU, so CPU runs use fp32."""
+    if prec not in PRECISIONS:
+        raise ValueError(f"PREC must be one of {PRECISIONS}, got {prec!r}")
+    if prec != "fp32" and torch.device(device).type != "cuda":
+        logger.warning("PREC %s needs a GPU; running in fp32 on %s", prec, device)
+        return "fp32"
+    return prec
+
+
+def load_clip(
+    name: str,
+    pretrained_tag: str = "",
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    pretrained: bool = True,
+) -> nn.Module:
+    """Build the frozen CLIP model a trainer prompts.
+
+    Args:
+        name: backbone name, checkpoint path or ``tiny`` (see module docstring).
+        pretrained_tag: open_clip weights for a non-OpenAI model (a tag or a file).
+        precision: ``fp16`` keeps CLIP in half precision (CoOp's default on GPU);
+            ``fp32`` and ``amp`` keep it in float32. Call ``resolve_precision`` first.
+        device: where the model goes.
+        pretrained: False gives the architecture with random weights.
+
+    Returns:
+        An open_clip ``CLIP`` model in eval mode with every parameter frozen.
+    """
+    weights_dtype = "fp16" if precision == "fp16" else "fp32"
+    with warnings.catch_warnings():
+        # open_clip tries torch.jit.load first, which now warns that it is deprecated.
+        warnings.simplefilter("ignore", FutureWarning)
+        model = _build(name, pretrained_tag, weights_dtype, device, pretrained)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _build(name: str, pretrained_tag: str, weights_dtype: str, device: torch.device | str,
+           pretrained: bool) -> nn.Module:
+    if name == TINY:
+        logger.warning("Backbone 'tiny' has random weights: its accuracies mean nothing.")
+        model = open_clip.load_openai_model(tiny_checkpoint(), precision=weights_dtype, device=device)
+    elif osp.isfile(name):
+        model = open_clip.load_openai_model(name, precision=weights_dtype, device=device)
+    elif not pretrained:
+        model = open_clip.create_model(_openclip_name(name), pretrained=None,
+                                       precision=weights_dtype, device=device)
+    elif name in COOP_TO_OPENCLIP and pretrained_tag in ("", "openai"):
+        model = _load_openai_weights(name, weights_dtype, device)
+    else:
+        model = _load_openclip_weights(name, pretrained_tag, weights_dtype, device)
+    return model
+
+
+def _openclip_name(name: str) -> str:
+    if name in COOP_TO_OPENCLIP:
+        return COOP_TO_OPENCLIP[name]
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"MODEL.BACKBONE.NAME {name!r} is not a file, 'tiny', one of CoOp's names "
+            f"{sorted(COOP_TO_OPENCLIP)}, or an open_clip model (open_clip.list_models()). "
+            "See INSTALL.md#clip-weights.")
+    return name
+
+
+def _load_openai_weights(name: str, precision: str, device: torch.device | str) -> nn.Module:
+    cached = openai_cache_file(name)
+    if osp.isfile(cached):
+        logger.info("Loading %s from %s", name, cached)
+        return open_clip.load_openai_model(cached, precision=precision, device=device)
+    try:
+        return open_clip.load_openai_model(COOP_TO_OPENCLIP[name], precision=precision, device=device)
+    except Exception as err:  # no network, hub down, ...
+        raise RuntimeError(
+            f"Could not download the OpenAI weights of {name} ({err}). Put the checkpoint file "
+            f"at {cached} (the file the 'clip' package downloads), or set MODEL.BACKBONE.NAME "
+            "to the file's path. See INSTALL.md#clip-weights.") from err
+
+
+def _load_openclip_weights(name: str, tag: str, precision: str,
+                           device: torch.device | str) -> nn.Module:
+    arch = _openclip_name(name)
+    if not tag:
+        raise ValueError(f"MODEL.BACKBONE.NAME {name!r} is an open_clip model: set "
+                         f"MODEL.BACKBONE.PRETRAINED_TAG to one of "
+                         f"{open_clip.list_pretrained_tags_by_model(arch)} or to a weights file.")
+    try:
+        return open_clip.create_model(arch, pretrained=tag, precision=precision, device=device)
+    except Exception as err:
+        raise RuntimeError(
+            f"Could not load open_clip weights {arch}/{tag} ({err}). Download them on a machine "
+            "with network access and set MODEL.BACKBONE.PRETRAINED_TAG to the file's path. "
+            "See INSTALL.md#clip-weights.") from err
+
+
+# ----------------------------------------------------------------------------
+# The tiny backbone
+# ----------------------------------------------------------------------------
+TINY_SEED = 0
+TINY_VERSION = 1  # bump when the architecture below changes
+
+
+def tiny_checkpoint(directory: Optional[str] = None) -> str:
+    """Path of the tiny CLIP's OpenAI-format checkpoint, written on first use.
+
+    The file lives in ``$SOFTCPT_CACHE`` (default ``~/.cache/softcpt``); its
+    weights depend only on ``TINY_SEED``, so every machine writes the same file.
+    """
+    directory = directory or os.environ.get("SOFTCPT_CACHE", osp.expanduser("~/.cache/softcpt"))
+    path = osp.join(directory, f"tiny-clip-v{TINY_VERSION}.pt")
+    if not osp.isfile(path):
+        os.makedirs(directory, exist_ok=True)
+        # Write then rename, so a concurrent or interrupted run never reads half a file.
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(fd)
+        torch.save(build_tiny_clip().state_dict(), tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def build_tiny_clip() -> nn.Module:
+    """A 2-layer ViT image tower (32 px) and 2-layer text tower, seeded random weights.
+
+    Widths are 64 because open_clip infers 64-wide attention heads from an
+    OpenAI state dict; the vocabulary and context length are CLIP's, so the real
+    tokenizer applies.
+    """
+    vision = open_clip.CLIPVisionCfg(layers=2, width=64, patch_size=8, image_size=32)
+    text = open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    return model

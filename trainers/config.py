@@ -1,0 +1,43 @@
+"""Every config key this project adds to Dassl's defaults, in one place.
+
+``extend_cfg`` is the only entry point: ``train.py`` and the tests call it on
+``dassl.config.get_cfg_default()``. Each trainer family keeps its own keys next
+to its code (``add_<family>_config``) and is listed here.
+"""
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+
+def add_prompt_keys(node: CN) -> None:
+    """Keys shared by every prompt-learning trainer node (``TRAINER.<NAME>``)."""
+    # Precision of CLIP, as in CoOp: fp16 (GPU), fp32, or amp (GPU autocast).
+    # fp16 and amp fall back to fp32 on CPU with a warning.
+    node.PREC = "fp16"
+    # Optimizer and scheduler steps taken per batch on the same gradient. 1 is
+    # plain training; the official SoftCPT code effectively used 3 (NA variants)
+    # or 4 (class-aware variants), see SPEC.md "Where the official code differs".
+    node.STEPS_PER_BATCH = 1
+    # Exact speed-ups, each switchable so it can be measured (SPEC.md):
+    # cut text sequences after the longest EOS of the batch;
+    node.TRUNCATE_TEXT = True
+    # during training, compute class features only for tasks present in the batch;
+    node.SKIP_ABSENT_TASKS = True
+    # during evaluation, compute class features once per evaluation, not per batch.
+    node.CACHE_EVAL_TEXT = True
+
+
+def extend_cfg(cfg: CN) -> None:
+    """Add the project's keys to a Dassl default config (before any merge)."""
+    # open_clip weights for a backbone that is not one of CoOp's OpenAI names:
+    # a tag (e.g. "laion2b_s34b_b79k") or a file. "" means OpenAI's weights.
+    cfg.MODEL.BACKBONE.PRETRAINED_TAG = ""
+    # Name of the trainer config file (set by train.py), recorded in results.json.
+    cfg.CONFIG_NAME = ""
+    # Per-task accuracies and the benchmark score (trainers/evaluator.py).
+    cfg.TEST.EVALUATOR = "MultiTaskClassification"
+
+    from datasets.config import add_dataset_config
+    add_dataset_config(cfg)
+
+    # Trainer families, one hook each (imported here to keep this module light).
