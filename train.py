@@ -35,7 +35,7 @@ from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa:
 import datasets  # noqa: E402,F401  (registers the datasets)
 import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
 from trainers.config import extend_cfg  # noqa: E402
-from trainers.logs import setup_logging  # noqa: E402
+from trainers.logs import restore_stdout, setup_logging  # noqa: E402
 
 
 class ConfigError(ValueError):
@@ -139,8 +139,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     check_trainer(cfg.TRAINER.NAME)
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    stdout = sys.stdout
+    setup_logger(cfg.OUTPUT_DIR)  # tees stdout into OUTPUT_DIR/log.txt
     setup_logging()
+    try:
+        run(cfg, args)
+    finally:
+        restore_stdout(stdout)
+
+
+def run(cfg, args: argparse.Namespace) -> None:
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_args(args, cfg)

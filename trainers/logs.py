@@ -8,6 +8,7 @@ process. ``setup_logging`` undoes that and routes records to whatever
 """
 from __future__ import annotations
 
+import io
 import logging
 import sys
 
@@ -48,3 +49,20 @@ def setup_logging(level: int = logging.INFO) -> None:
             handler = _CurrentStdout()
             handler.setFormatter(_Format("%(message)s"))
             log.addHandler(handler)
+
+
+def restore_stdout(previous) -> None:
+    """Undo Dassl's ``setup_logger`` after an in-process run (tests, notebooks).
+
+    Dassl's tee closes the console it wraps when garbage-collected, so it is
+    given a throwaway console before it is dropped.
+    """
+    tee = sys.stdout
+    if tee is previous:
+        return
+    sys.stdout = previous
+    if getattr(tee, "file", None) is not None:
+        tee.file.close()
+        tee.file = None
+    if hasattr(tee, "console"):
+        tee.console = io.StringIO()
