@@ -115,8 +115,11 @@ def load_cache(path: str, train: list[Datum], val: Optional[list[Datum]], datase
         raise DatasetError(f"cannot read few-shot cache {path} ({err!r}); delete it to redraw",
                            "few-shot-sampling-and-cache") from None
     train_out = _match(cached_train, train, dataset_dir, path, "train")
-    if val is None or cached_val is None:
-        return train_out, None if val is None else val
+    if val is None:  # a train-only cache (ImageNet)
+        return train_out, None
+    if cached_val is None:
+        raise DatasetError(f"few-shot cache {path} has no val list; delete it to redraw",
+                           "few-shot-sampling-and-cache")
     return train_out, _match(cached_val, val, dataset_dir, path, "val")
 
 
