@@ -77,8 +77,11 @@ def _merge(cfg, source: str, merge) -> None:
     """Run a yacs merge, turning its bare KeyError into an actionable message."""
     try:
         merge()
-    except KeyError as err:
-        bad = str(err).strip("'\"").replace("Non-existent config key: ", "")
+    except (KeyError, AssertionError) as err:  # yacs: KeyError from files, AssertionError from lists
+        message = str(err).strip("'\"")
+        if "Non-existent" not in message:
+            raise ConfigError(f"{source}: {message}") from None
+        bad = message.split(": ", 1)[-1]
         near = difflib.get_close_matches(bad, _all_keys(cfg), n=5, cutoff=0.6)
         hint = f" Did you mean one of {near}?" if near else ""
         raise ConfigError(f"{source}: unknown config key {bad!r}.{hint} "
@@ -168,7 +171,8 @@ def run(cfg, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    from datasets.errors import DatasetError
     try:
         main()
-    except ConfigError as err:
+    except (ConfigError, DatasetError) as err:  # messages that say what to fix: no traceback
         sys.exit(f"error: {err}")

@@ -14,7 +14,7 @@ from typing import Optional
 from dassl.data.datasets import DatasetBase, Datum
 
 from .errors import DOWNLOAD_CMD, DatasetError
-from .fewshot import fewshot_splits, subsample_classes
+from .fewshot import check_subsample, fewshot_splits, subsample_classes
 from .files import data_root
 from .splits import read_split_file
 from .task_info import DEFAULT_TEMPLATE, TaskInfo
@@ -38,6 +38,7 @@ class FewShotDataset(DatasetBase):
     val_is_test = False  # ImageNet: no val split, val = test, few-shot on train only
 
     def __init__(self, cfg):
+        check_subsample(cfg.DATASET.SUBSAMPLE_CLASSES)
         self.root = data_root(cfg.DATASET.ROOT)
         self.dataset_dir = self.locate(cfg)
         train, val, test = self.read_splits()
@@ -62,12 +63,14 @@ class FewShotDataset(DatasetBase):
 
     def require(self, path: str, what: str, download: bool = False) -> None:
         """Fail with a pointer to the docs (and the fetch command) if ``path`` is missing."""
-        if os.path.exists(path):
-            return
-        hint = ""
-        if download:
-            hint = "; fetch it with `" + DOWNLOAD_CMD.format(root=self.root, name=self.key) + "`"
-        raise DatasetError(f"{self.key}: {what} not found: {path}{hint}", self.section)
+        require(path, what, self.key, self.section, self.root if download else None)
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """Cheap checks that MultiTask runs on every member before building any (which writes)."""
+        if cls.dataset_dir:
+            require(os.path.join(data_root(cfg.DATASET.ROOT), cls.dataset_dir), "dataset folder",
+                    cls.__name__, cls.section)
 
     def read_splits(self) -> Splits:
         """The full (train, val, test) lists; val is None when ``val_is_test``."""
@@ -85,9 +88,26 @@ class SplitFileDataset(FewShotDataset):
     split_file = ""  # e.g. "split_zhou_OxfordPets.json"
     classname_fixes: dict[str, str] = {}  # CoOp's renames (already applied in its split files)
 
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        super().preflight(cfg)
+        root = data_root(cfg.DATASET.ROOT)
+        require(os.path.join(root, cls.dataset_dir, cls.split_file), "split file", cls.__name__,
+                cls.section, download_root=root)
+
     def read_splits(self) -> Splits:
         image_root = os.path.join(self.dataset_dir, self.image_dir)
         split_path = os.path.join(self.dataset_dir, self.split_file)
         self.require(image_root, "image folder")
         self.require(split_path, "split file", download=True)
         return read_split_file(split_path, image_root, self.section, self.classname_fixes)
+
+
+def require(path: str, what: str, name: str, section: str, download_root: Optional[str] = None) -> None:
+    """Fail if ``path`` is missing, naming it, the docs and (for split files) the fetch command."""
+    if os.path.exists(path):
+        return
+    hint = ""
+    if download_root is not None:
+        hint = "; fetch it with `" + DOWNLOAD_CMD.format(root=download_root, name=name) + "`"
+    raise DatasetError(f"{name}: {what} not found: {path}{hint}", section)

@@ -14,6 +14,7 @@ class DatasetError(ValueError):
     """Bad dataset input (missing folder or file, unreadable image, bad config entry)."""
 
     def __init__(self, message: str, section: str):
+        self.message = message
         self.section = section
         super().__init__(f"{message} (see {see(section)})")
 

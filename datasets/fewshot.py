@@ -155,9 +155,7 @@ def subsample_classes(*splits: Optional[list[Datum]], subsample: str = "all") ->
 
     Labels are those of the first split (train), as in CoOp; ``None`` splits pass through.
     """
-    if subsample not in SUBSAMPLE_CHOICES:
-        raise DatasetError(f"DATASET.SUBSAMPLE_CLASSES is {subsample!r}; use one of {SUBSAMPLE_CHOICES}",
-                           "base-to-new")
+    check_subsample(subsample)
     if subsample == "all":
         return list(splits)
     labels = sorted({d.label for d in splits[0]})
@@ -167,3 +165,10 @@ def subsample_classes(*splits: Optional[list[Datum]], subsample: str = "all") ->
     return [None if split is None else
             [Datum(d.impath, relabel[d.label], d.domain, d.classname) for d in split if d.label in relabel]
             for split in splits]
+
+
+def check_subsample(subsample: str) -> None:
+    """Validate ``DATASET.SUBSAMPLE_CLASSES`` (early, before anything is written)."""
+    if subsample not in SUBSAMPLE_CHOICES:
+        raise DatasetError(f"DATASET.SUBSAMPLE_CLASSES is {subsample!r}; use one of {SUBSAMPLE_CHOICES}",
+                           "base-to-new")

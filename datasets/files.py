@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, IO
+from typing import IO, Callable
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:

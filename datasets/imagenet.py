@@ -64,7 +64,7 @@ class ImageNet(FewShotDataset):
             classnames = read_classnames(names_path, self.section)
             train, test = self._list("train", classnames), self._list("val", classnames)
             data = {"train": train, "test": test}
-            atomic_write(cached, lambda f: pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
+            atomic_write(cached, lambda f: pickle.dump(data, f, pickle.HIGHEST_PROTOCOL), binary=True)
         return train, None, test
 
     def _list(self, split: str, classnames: "OrderedDict[str, str]") -> list[Datum]:
