@@ -1,0 +1,22 @@
+#!/bin/bash
+# CoCoOp per task, over shots and seeds, then the results table.
+#
+#   bash scripts/cocoop/main.sh [BENCHMARK] [CFG] [KEY VALUE ...]
+#
+#   BENCHMARK  configs/datasets/<BENCHMARK>.yaml (default toy)
+#   CFG        configs/trainers/CoCoOp/<CFG>.yaml: tiny (default),
+#              vit_b16_c4_ep10_batch1_ctxv1, rn50_c4_ep10_batch1_ctxv1
+#
+# Environment as scripts/softcpt/main.sh: SHOTS ("1 2 4 8 16"), SEEDS ("1 2 3"), DATA, OUTPUT.
+# Runs: $OUTPUT/<BENCHMARK>/CoCoOp/<CFG>_<K>shots/seed<S>.
+cd "$(dirname "$0")/../.." || exit 1
+source scripts/common.sh
+
+BENCHMARK=${1:-toy}
+CFG=${2:-tiny}
+shift $(($# < 2 ? $# : 2))
+SHOTS=${SHOTS:-"1 2 4 8 16"}
+SEEDS=${SEEDS:-"1 2 3"}
+
+sweep CoCoOp "$CFG" "$OUTPUT/$BENCHMARK/CoCoOp/${CFG}_{shots}shots/seed{seed}" "$@"
+sweep_finish "$OUTPUT/$BENCHMARK"

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Linear-probe CLIP (logistic regression per task, C chosen on val), then the results table.
+#
+#   bash scripts/linear_probe/main.sh [BENCHMARK] [CFG] [KEY VALUE ...]
+#
+#   BENCHMARK  configs/datasets/<BENCHMARK>.yaml (default toy)
+#   CFG        configs/trainers/LinearProbeCLIP/<CFG>.yaml: tiny (default), rn50_ep50, vit_b16_ep50
+#
+# Environment as scripts/softcpt/main.sh: SHOTS ("1 2 4 8 16"), SEEDS ("1 2 3"), DATA, OUTPUT.
+# Uses the same few-shot images as the prompt learners for the same shots and seed.
+# Runs: $OUTPUT/<BENCHMARK>/LinearProbeCLIP/<CFG>_<K>shots/seed<S>.
+cd "$(dirname "$0")/../.." || exit 1
+source scripts/common.sh
+
+BENCHMARK=${1:-toy}
+CFG=${2:-tiny}
+shift $(($# < 2 ? $# : 2))
+SHOTS=${SHOTS:-"1 2 4 8 16"}
+SEEDS=${SEEDS:-"1 2 3"}
+
+sweep LinearProbeCLIP "$CFG" "$OUTPUT/$BENCHMARK/LinearProbeCLIP/${CFG}_{shots}shots/seed{seed}" "$@"
+sweep_finish "$OUTPUT/$BENCHMARK"

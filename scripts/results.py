@@ -1,0 +1,452 @@
+"""Collect an output tree into one comparison table, per-task tables and a plot.
+
+    python scripts/results.py output/toy [more trees ...] [--out DIR] [--no-plot]
+
+A run is a folder ``seed<S>`` (or any folder holding ``results.json`` or
+``log.txt``). Its score is read from ``results.json`` (this project's runs: the
+unrounded mean over tasks of each task's declared metric, and every task's
+score) or, failing that, from the newest ``log.txt*`` that has one: the last
+``* accuracy: X%`` line after ``Finish training`` or ``=> result``, as CoOp's
+``parse_test_res.py`` reads it (so CoOp's own output folders fit in the same
+table; their values are rounded as CoOp printed them).
+
+Folder layouts understood (CoOp's conventions):
+
+* ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots/[<tag>/]seed<S>`` (main sweeps);
+* ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>/seed<S>``;
+* ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script).
+
+For every benchmark the table has one row per method (trainer plus variant or
+tag folders) and config, one column per shot count: mean ± std over seeds
+(population std, as ``parse_test_res.py``). A cell with fewer seeds than the
+benchmark's runs use says so, e.g. ``61.20 ± 0.30 (2/3 seeds)``; a cell with no
+result says ``missing``. Zero-shot cells (0 shots) involve no sampling, so one
+seed is complete. Runs that exist without a result are listed by path.
+
+Writes ``table.md``, ``table.csv``, ``tasks.csv``, ``runs.csv`` and
+``curves.png`` (accuracy against shots, one panel per benchmark) under
+``--out`` (default: ``<first tree>/summary``). Needs numpy and matplotlib only.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+
+SEED_DIR = re.compile(r"^seed(-?\d+)$")
+SHOTS_DIR = re.compile(r"^(?P<cfg>.+)_(?P<shots>\d+)shots$")
+B2N_SHOTS_DIR = re.compile(r"^shots_(\d+)$")
+B2N_SPLIT_DIR = re.compile(r"^(train_base|test_base|test_new|test_all)$")
+ACCURACY = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
+TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:]+): .*score \(\w+\): (?P<score>[\.\deE+-]+)%")
+ARGUMENT = re.compile(r"^(trainer|config_file|seed): (.*)$")
+NUM_SHOTS = re.compile(r"^\s*NUM_SHOTS: (-?\d+)$")
+END_SIGNALS = ("Finish training", "=> result")
+RESULT_FILES = ("results.json", "log.txt")
+# Trainer folder names recognised in runs that recorded no trainer (besides those the tree records).
+BUILTIN_TRAINERS = ("SoftCPT", "CoOp", "CoCoOp", "ZeroshotCLIP", "LinearProbeCLIP")
+
+
+@dataclass
+class Run:
+    """One run folder and what it produced (``score`` None: no result)."""
+
+    path: str
+    benchmark: str
+    method: str
+    config: str
+    shots: int
+    seed: Optional[int]
+    score: Optional[float]
+    tasks: dict = field(default_factory=dict)  # task key -> score
+    source: str = ""
+
+
+# ----------------------------------------------------------------------------- reading
+def find_run_dirs(root: str) -> list[str]:
+    """Folders that are runs: ``seed<S>``, or holding results.json / log.txt (not searched below)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if SEED_DIR.match(os.path.basename(dirpath)) or any(f in filenames for f in RESULT_FILES):
+            out.append(dirpath)
+            dirnames[:] = []  # tensorboard/, prompt_learner/ ... belong to the run
+        else:
+            dirnames.sort()
+    return sorted(out)
+
+
+def read_results_json(path: str) -> tuple[Optional[float], dict, dict]:
+    with open(path) as f:
+        report = json.load(f)
+    tasks = {t["key"]: t["score"] for t in report.get("tasks", [])}
+    meta = {"trainer": report.get("trainer"), "config": report.get("config"),
+            "shots": report.get("shots"), "seed": report.get("seed")}
+    return report.get("score"), tasks, meta
+
+
+def read_log(path: str) -> tuple[Optional[float], dict, dict]:
+    """Score, per-task scores and run facts from a Dassl ``log.txt``."""
+    meta: dict = {}
+    score, tasks, ended, pending = None, {}, False, {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            arg = ARGUMENT.match(line)
+            if arg and arg.group(1) not in meta:
+                meta[arg.group(1)] = arg.group(2).strip()
+            shots = NUM_SHOTS.match(line)
+            if shots and "shots" not in meta:
+                meta["shots"] = int(shots.group(1))
+            if any(s in line for s in END_SIGNALS):
+                ended, pending = True, {}
+            task = TASK_LINE.search(line)
+            if ended and task:
+                pending[task.group("key").strip()] = float(task.group("score"))
+            acc = ACCURACY.search(line)
+            if ended and acc:  # the last result printed is the one that counts
+                score, tasks = float(acc.group(1)), pending
+    if meta.get("config_file"):
+        meta["config"] = os.path.splitext(os.path.basename(meta["config_file"]))[0]
+    seed = meta.get("seed", "")
+    meta["seed"] = int(seed) if re.fullmatch(r"-?\d+", seed) else None
+    return score, tasks, meta
+
+
+def read_run(run_dir: str) -> tuple[Optional[float], dict, dict, str]:
+    """results.json if present, else the newest log.txt* holding a result."""
+    path = os.path.join(run_dir, "results.json")
+    if os.path.isfile(path):
+        return (*read_results_json(path), "results.json")
+    logs = sorted(glob.glob(os.path.join(run_dir, "log.txt*")), key=os.path.getmtime, reverse=True)
+    meta: dict = {}
+    for log in logs:
+        score, tasks, log_meta = read_log(log)
+        meta = meta or log_meta
+        if score is not None:
+            return score, tasks, log_meta, os.path.basename(log)
+    return None, {}, meta, ""
+
+
+def describe(run_dir: str, root: str, meta: dict,
+             trainers: Iterable[str] = ()) -> tuple[str, str, str, int, Optional[int]]:
+    """(benchmark, method, config, shots, seed) of a run from its path and its own record.
+
+    The trainer's folder (the last path part equal to the recorded trainer name,
+    or for a run that recorded none, such as a crashed one, to one of
+    ``trainers``) splits the path: the benchmark is the folder before it, the
+    method is the trainer plus the folders after it except ``<cfg>_<K>shots``
+    and the config.
+    """
+    parts = os.path.abspath(run_dir).split(os.sep)
+    seed_match = SEED_DIR.match(parts[-1])
+    seed = int(seed_match.group(1)) if seed_match else meta.get("seed")
+    inner = parts[:-1] if seed_match else parts
+    names = {meta["trainer"]} if meta.get("trainer") else set(trainers)
+    hits = [i for i, p in enumerate(inner) if p in names]
+    t = hits[-1] if hits else _guess_trainer_index(inner, len(os.path.abspath(root).split(os.sep)))
+    config, shots = meta.get("config") or "", meta.get("shots")
+    before = []
+    for p in inner[:t]:
+        m = B2N_SHOTS_DIR.match(p)
+        if m:
+            shots = int(m.group(1))
+        else:
+            before.append(p)
+    bench = before[-1]
+    if len(before) >= 2 and B2N_SPLIT_DIR.match(before[-2]):
+        bench = f"{before[-1]} [{before[-2]}]"  # base2new/<split>/<benchmark>
+    if hits and not seed_match and len(inner) - t == 3:  # CoOp zero-shot: <Trainer>/<cfg>/<dataset>
+        bench, config = inner[-1], config or inner[t + 1]
+        inner = inner[: t + 1]
+    method: list[str] = []
+    for p in inner[t:]:
+        m = SHOTS_DIR.match(p)
+        if m:
+            config, shots = m.group("cfg"), int(m.group("shots"))
+        elif p != config or not method:
+            method.append(p)
+    shots = 0 if shots is None or int(shots) < 0 else int(shots)
+    return bench, "/".join(method) or meta.get("trainer") or "unknown", config, shots, seed
+
+
+def _guess_trainer_index(inner: list[str], below_root: int) -> int:
+    """Unknown trainer: the first folder below the tree, or the second when two or more
+    folders precede ``<cfg>_<K>shots`` (the first is then the benchmark, as in output/)."""
+    shots_at = next((i for i, p in enumerate(inner) if i >= below_root and SHOTS_DIR.match(p)), len(inner))
+    return below_root + 1 if shots_at - below_root >= 2 else below_root
+
+
+def collect(roots: Iterable[str]) -> list[Run]:
+    found = [(root, run_dir, read_run(run_dir)) for root in roots for run_dir in find_run_dirs(root)]
+    recorded = {meta.get("trainer") for _, _, (_, _, meta, _) in found}
+    trainers = set(BUILTIN_TRAINERS) | (recorded - {None, ""})
+    runs = []
+    for root, run_dir, (score, tasks, meta, source) in found:
+        bench, method, config, shots, seed = describe(run_dir, root, meta, trainers)
+        runs.append(Run(run_dir, bench, method, config, shots, seed, score, tasks, source))
+    return runs
+
+
+# ----------------------------------------------------------------------------- summarising
+@dataclass
+class Cell:
+    """The runs of one method, config and shot count: scores by seed."""
+
+    scores: dict = field(default_factory=dict)  # seed -> score
+    tasks: dict = field(default_factory=dict)  # task -> {seed: score}
+    expected: set = field(default_factory=set)  # seeds the cell should have
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    @property
+    def complete(self) -> bool:
+        return self.n > 0 and self.expected <= set(self.scores)
+
+    @property
+    def missing(self) -> list:
+        return sorted(self.expected - set(self.scores), key=str)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and population std (numpy's default, as CoOp's parse_test_res.py)."""
+    arr = np.asarray(list(values), dtype=float)
+    return float(arr.mean()), float(arr.std())
+
+
+def summarize(runs: list[Run]) -> dict:
+    """{benchmark: {(method, config): {shots: Cell}}}, with the seeds each cell should have."""
+    table: dict = {}
+    for run in runs:
+        cell = table.setdefault(run.benchmark, {}).setdefault((run.method, run.config), {}) \
+                    .setdefault(run.shots, Cell())
+        cell.expected.add(run.seed)
+        if run.score is not None:
+            cell.scores[run.seed] = run.score
+            for key, value in run.tasks.items():
+                cell.tasks.setdefault(key, {})[run.seed] = value
+    for rows in table.values():
+        seeds = {s for cells in rows.values() for k, c in cells.items() if k > 0 for s in c.expected}
+        shots = sorted({k for cells in rows.values() for k in cells if k > 0})
+        for cells in rows.values():
+            if any(k > 0 for k in cells):  # a few-shot method owes every shot count and seed
+                for k in shots:
+                    cells.setdefault(k, Cell()).expected |= seeds
+    return table
+
+
+def format_cell(cell: Optional[Cell], values: Optional[dict] = None) -> str:
+    """``m ± s``, ``m ± s (n/N seeds)`` or ``missing``; '' where nothing is owed."""
+    if cell is None:
+        return ""
+    values = cell.scores if values is None else values
+    if not values:
+        return "missing" if cell.expected else ""
+    mean, std = mean_std(values.values())
+    text = f"{mean:.2f} ± {std:.2f}"
+    owed = len(cell.expected | set(values))
+    if len(values) < owed:
+        text += f" ({len(values)}/{owed} seeds)"
+    return text
+
+
+def shot_columns(rows: dict) -> list[int]:
+    return sorted({k for cells in rows.values() for k in cells})
+
+
+def average_over_shots(cells: dict) -> str:
+    """Mean over the few-shot columns of their means; only when every one is complete."""
+    few = [c for k, c in cells.items() if k > 0]
+    if not few:
+        return ""
+    if not all(c.complete for c in few):
+        return "incomplete"
+    return f"{np.mean([mean_std(c.scores.values())[0] for c in few]):.2f}"
+
+
+def markdown(table: dict, runs: list[Run]) -> str:
+    out = []
+    for bench in sorted(table):
+        rows = table[bench]
+        shots = shot_columns(rows)
+        tasks = list(dict.fromkeys(t for cells in rows.values() for c in cells.values() for t in c.tasks))
+        out.append(f"## {bench}\n\nMean task score (%): mean ± std over seeds.\n")
+        header = ["method", "config"] + [_shots_label(k) for k in shots] + ["avg"]
+        out.append(_md_row(header))
+        out.append(_md_row(["---"] * len(header)))
+        for (method, config), cells in sorted(rows.items()):
+            out.append(_md_row([method, config] + [format_cell(cells.get(k)) for k in shots]
+                               + [average_over_shots(cells)]))
+        if len(tasks) > 1:
+            out.append("\nPer task (each task's declared metric, %):\n")
+            header = ["method", "config", "shots"] + tasks
+            out.append(_md_row(header))
+            out.append(_md_row(["---"] * len(header)))
+            for (method, config), cells in sorted(rows.items()):
+                reported = {t for c in cells.values() for t in c.tasks}  # e.g. none in CoOp's logs
+                for k in sorted(cells):
+                    c = cells[k]
+                    out.append(_md_row([method, config, str(k)] + [
+                        format_cell(c, c.tasks.get(t, {})) if t in reported else "" for t in tasks]))
+        out.append("")
+    b2n = base_to_new(table)
+    if b2n:
+        out.append(b2n)
+    failed = [r for r in runs if r.score is None]
+    if failed:
+        out.append("## Runs without a result\n")
+        out += [f"- {r.path}" for r in failed]
+        out.append("")
+    return "\n".join(out)
+
+
+def base_to_new(table: dict) -> str:
+    """Base, new and their harmonic mean where train_base and test_new runs of a benchmark exist."""
+    lines = []
+    for bench in sorted(table):
+        if not bench.endswith("[train_base]"):
+            continue
+        name = bench[: -len(" [train_base]")]
+        new = table.get(f"{name} [test_new]", {})
+        for key, cells in sorted(table[bench].items()):
+            for k, base_cell in sorted(cells.items()):
+                new_cell = new.get(key, {}).get(k)
+                if not base_cell.scores or new_cell is None or not new_cell.scores:
+                    continue
+                b, n = mean_std(base_cell.scores.values())[0], mean_std(new_cell.scores.values())[0]
+                h = 2 * b * n / (b + n) if b + n else float("nan")
+                lines.append(_md_row([name, key[0], key[1], str(k), format_cell(base_cell),
+                                      format_cell(new_cell), f"{h:.2f}"]))
+    if not lines:
+        return ""
+    head = ["benchmark", "method", "config", "shots", "base", "new", "H"]
+    return "\n".join(["## Base-to-new\n", _md_row(head), _md_row(["---"] * len(head))] + lines + [""])
+
+
+def _shots_label(k: int) -> str:
+    return "0 (zero-shot)" if k == 0 else f"{k} shot" + ("s" if k > 1 else "")
+
+
+def _md_row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+# ----------------------------------------------------------------------------- writing
+def write_csv(table: dict, runs: list[Run], out: str) -> None:
+    with open(os.path.join(out, "table.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["benchmark", "method", "config", "shots", "mean", "std", "n_seeds",
+                    "expected_seeds", "seeds", "missing_seeds"])
+        for bench, rows in sorted(table.items()):
+            for (method, config), cells in sorted(rows.items()):
+                for k, c in sorted(cells.items()):
+                    mean, std = mean_std(c.scores.values()) if c.scores else ("", "")
+                    w.writerow([bench, method, config, k, mean, std, c.n, len(c.expected | set(c.scores)),
+                                ";".join(map(str, sorted(c.scores, key=str))), ";".join(map(str, c.missing))])
+    with open(os.path.join(out, "tasks.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["benchmark", "method", "config", "shots", "task", "mean", "std", "n_seeds",
+                    "expected_seeds"])
+        for bench, rows in sorted(table.items()):
+            for (method, config), cells in sorted(rows.items()):
+                for k, c in sorted(cells.items()):
+                    for task, values in c.tasks.items():
+                        w.writerow([bench, method, config, k, task, *mean_std(values.values()),
+                                    len(values), len(c.expected | set(c.scores))])
+    with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["benchmark", "method", "config", "shots", "seed", "score", "source", "path"])
+        for r in runs:
+            w.writerow([r.benchmark, r.method, r.config, r.shots, r.seed,
+                        "" if r.score is None else r.score, r.source, r.path])
+
+
+def plot(table: dict, path: str) -> bool:
+    """Accuracy against shots, one panel per benchmark (base-to-new folders left out)."""
+    benches = [b for b in sorted(table) if not b.endswith("]")]
+    if not benches:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(len(benches), 3)
+    rows_n = math.ceil(len(benches) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.6 * rows_n), squeeze=False)
+    for ax, bench in zip(axes.flat, benches):
+        rows = table[bench]
+        shots = shot_columns(rows)
+        x_of = {k: i for i, k in enumerate(shots)}  # evenly spaced, as CoOp's figures
+        for i, ((method, config), cells) in enumerate(sorted(rows.items())):
+            ks = [k for k in sorted(cells) if cells[k].scores]
+            if not ks:
+                continue
+            stats = [mean_std(cells[k].scores.values()) for k in ks]
+            xs, means = [x_of[k] for k in ks], [m for m, _ in stats]
+            label = method if len({c for _, c in rows}) == 1 else f"{method} ({config})"
+            colour = f"C{i % 10}"
+            if ks == [0]:
+                ax.plot(xs, means, "*", ms=12, color=colour, label=label)
+                continue
+            ax.errorbar(xs, means, yerr=[s for _, s in stats], marker="o", ms=4, capsize=2,
+                        color=colour, label=label)
+            hollow = [(x, m) for k, x, m in zip(ks, xs, means) if not cells[k].complete]
+            if hollow:  # incomplete cells: white markers
+                ax.plot(*zip(*hollow), "o", ms=7, mfc="white", color=colour)
+        ax.set_xticks(range(len(shots)), [str(k) for k in shots])
+        ax.set_title(bench)
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("mean task score (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(benches):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("roots", nargs="+", help="output trees, e.g. output/toy or output")
+    p.add_argument("--out", default="", help="where to write the files (default: <first tree>/summary)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw curves.png")
+    args = p.parse_args(argv)
+    missing = [r for r in args.roots if not os.path.isdir(r)]
+    if missing:
+        print(f"error: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    runs = collect(args.roots)
+    if not runs:
+        print(f"No runs under {', '.join(args.roots)} (looked for seed<S> folders, results.json "
+              "and log.txt).", file=sys.stderr)
+        return 1
+    table = summarize(runs)
+    text = markdown(table, runs)
+    print(text)
+    out = args.out or os.path.join(args.roots[0], "summary")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text)
+    write_csv(table, runs, out)
+    written = ["table.md", "table.csv", "tasks.csv", "runs.csv"]
+    if not args.no_plot and plot(table, os.path.join(out, "curves.png")):
+        written.append("curves.png")
+    print(f"Wrote {', '.join(os.path.join(out, w) for w in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

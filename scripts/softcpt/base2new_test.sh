@@ -1,0 +1,32 @@
+#!/bin/bash
+# Base-to-new, step 2: evaluate the models of base2new_train.sh on the new classes.
+#
+#   bash scripts/softcpt/base2new_test.sh [BENCHMARK] [CFG] [VARIANT] [KEY VALUE ...]
+#
+# Same arguments and environment as base2new_train.sh, plus SUB (new, the default, or
+# base, all) and LOADEP (the epoch to load; default the last one saved).
+# Runs: $OUTPUT/base2new/test_<SUB>/<BENCHMARK>/shots_<K>/SoftCPT/<VARIANT>/<CFG>/seed<S>.
+# The results table then shows base, new and their harmonic mean H.
+# Class-specific contexts (CSTA, CSTS) cannot move to new classes.
+cd "$(dirname "$0")/../.." || exit 1
+source scripts/common.sh
+
+BENCHMARK=${1:-toy}
+CFG=${2:-tiny}
+VARIANT=${3:-NATA}
+shift $(($# < 3 ? $# : 3))
+SHOTS=${SHOTS:-16}
+SEEDS=${SEEDS:-"1 2 3"}
+SUB=${SUB:-new}
+LOADEP=${LOADEP:-}
+
+COMMON="$BENCHMARK/shots_{shots}/SoftCPT/$VARIANT/$CFG/seed{seed}"
+MODEL_DIR="$OUTPUT/base2new/train_base/$COMMON"
+SWEEP_REQUIRES=("$MODEL_DIR")
+SWEEP_FLAGS=(--eval-only --model-dir "$MODEL_DIR")
+if [ -n "$LOADEP" ]; then
+    SWEEP_FLAGS+=(--load-epoch "$LOADEP")
+fi
+sweep SoftCPT "$CFG" "$OUTPUT/base2new/test_$SUB/$COMMON" \
+    DATASET.SUBSAMPLE_CLASSES "$SUB" TRAINER.SOFTCPT.VARIANT "$VARIANT" "$@"
+sweep_finish "$OUTPUT/base2new"

@@ -1,0 +1,145 @@
+"""scripts/results.py on a fixture tree: our results.json, CoOp-format logs, gaps.
+
+Needs neither Dassl nor torch: the results command reads files only.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scripts import results
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_ours(run_dir, score, tasks=None, trainer="SoftCPT", config="tiny", shots=1, seed=1):
+    os.makedirs(run_dir, exist_ok=True)
+    tasks = tasks or {"shapes": score - 1.0, "colours": score + 1.0}
+    report = {"score": score, "trainer": trainer, "config": config, "shots": shots, "seed": seed,
+              "split": "test", "tasks": [{"key": k, "score": v} for k, v in tasks.items()]}
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(report, f)
+    open(os.path.join(run_dir, "done"), "w").close()
+
+
+def write_coop_log(run_dir, accuracy=None, seed=1, name="log.txt", val=None):
+    """A log as CoOp's train.py + Dassl 0.6 print it (args, config dump, result)."""
+    os.makedirs(run_dir, exist_ok=True)
+    lines = ["***************", "** Arguments **", "***************", "backbone: ",
+             "config_file: configs/trainers/CoOp/rn50_ep50.yaml",
+             "dataset_config_file: configs/datasets/oxford_pets.yaml", f"seed: {seed}",
+             "trainer: CoOp", "************", "** Config **", "************", "DATASET:",
+             "  NAME: OxfordPets", "  NUM_SHOTS: 16", "SEED: 1"]
+    if val is not None:  # a validation result printed during training does not count
+        lines += ["Evaluate on the *val* set", "=> result", "* total: 148", f"* accuracy: {val}%"]
+    lines += ["epoch [50/50] batch [1/1] loss 0.5", "Checkpoint saved to x"]
+    if accuracy is not None:
+        lines += ["Finish training", "Deploy the last-epoch model", "Evaluate on the *test* set",
+                  "=> result", "* total: 3,669", "* correct: 3,300", f"* accuracy: {accuracy}%",
+                  "* error: 10.0%", "* macro_f1: 89.0%", "Elapsed: 0:01:00"]
+    with open(os.path.join(run_dir, name), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """output/toy with SoftCPT (ours), CoOp's own layout and logs, and gaps."""
+    toy = tmp_path / "output" / "toy"
+    soft = toy / "SoftCPT" / "NATA"
+    for seed, score in zip((1, 2, 3), (60.123, 62.0, 64.5)):
+        write_ours(soft / "tiny_1shots" / f"seed{seed}", score, seed=seed)
+    for seed, score in zip((1, 2), (70.25, 71.0)):  # seed3 never ran
+        write_ours(soft / "tiny_2shots" / f"seed{seed}", score, shots=2, seed=seed)
+    write_ours(toy / "ZeroshotCLIP" / "tiny_0shots" / "seed1", 40.0, trainer="ZeroshotCLIP", shots=0)
+    coop = toy / "CoOp"
+    for seed, acc in zip((1, 2, 3), ("55.0", "56.0", "57.5")):
+        write_coop_log(coop / "tiny_1shots" / "nctx16_cscFalse_ctpend" / f"seed{seed}", acc, seed=seed,
+                       val="99.0")
+    write_coop_log(coop / "tiny_2shots" / "nctx16_cscFalse_ctpend" / "seed1")  # crashed: no result
+    run = coop / "tiny_2shots" / "nctx16_cscFalse_ctpend" / "seed2"
+    write_coop_log(run, None, seed=2)  # interrupted, then resumed into a newer log file
+    write_coop_log(run, "58.0", seed=2, name="log.txt-2026-01-01-00-00-00")
+    os.utime(run / "log.txt", (1, 1))
+    return toy
+
+
+def test_table_numbers_gaps_and_files(tree, tmp_path, capsys):
+    out = tmp_path / "summary"
+    assert results.main([str(tree), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    std = np.std([60.123, 62.0, 64.5])  # population std, from unrounded values
+    assert f"| SoftCPT/NATA | tiny |  | {np.mean([60.123, 62.0, 64.5]):.2f} ± {std:.2f} | " \
+           "70.62 ± 0.38 (2/3 seeds) | incomplete |" in printed
+    assert "| CoOp/nctx16_cscFalse_ctpend | tiny |  | 56.17 ± 1.03 | 58.00 ± 0.00 (1/3 seeds) | " \
+           "incomplete |" in printed
+    assert "| ZeroshotCLIP | tiny | 40.00 ± 0.00 |  |  |  |" in printed  # one seed is complete
+    assert "## Runs without a result" in printed
+    assert str(tree / "CoOp" / "tiny_2shots" / "nctx16_cscFalse_ctpend" / "seed1") in printed
+    assert "| SoftCPT/NATA | tiny | 2 | 69.62 ± 0.38 (2/3 seeds) | 71.62 ± 0.38 (2/3 seeds) |" in printed
+    assert "| CoOp/nctx16_cscFalse_ctpend | tiny | 1 |  |  |" in printed  # CoOp logs: no tasks
+
+    with open(out / "table.csv") as f:
+        table = {(r["method"], r["shots"]): r for r in csv.DictReader(f)}
+    row = table[("SoftCPT/NATA", "1")]
+    assert float(row["mean"]) == np.mean([60.123, 62.0, 64.5]) and float(row["std"]) == std
+    assert table[("SoftCPT/NATA", "2")]["missing_seeds"] == "3"
+    assert table[("CoOp/nctx16_cscFalse_ctpend", "2")]["missing_seeds"] == "1;3"
+    assert table[("CoOp/nctx16_cscFalse_ctpend", "2")]["n_seeds"] == "1"
+    with open(out / "tasks.csv") as f:
+        tasks = [r for r in csv.DictReader(f) if r["method"] == "SoftCPT/NATA" and r["shots"] == "1"]
+    assert [r["task"] for r in tasks] == ["shapes", "colours"]
+    assert (out / "table.md").read_text().startswith("## toy")
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_complete_rows_get_the_average_over_shots(tmp_path):
+    toy = tmp_path / "toy"
+    for shots, scores in ((1, (50.0, 52.0)), (4, (60.0, 61.0))):
+        for seed, score in zip((1, 2), scores):
+            write_ours(toy / "CoOp" / "CA" / f"tiny_{shots}shots" / f"seed{seed}", score,
+                       trainer="CoOp", shots=shots, seed=seed)
+    text = results.markdown(results.summarize(results.collect([str(toy)])), [])
+    assert "| CoOp/CA | tiny | 51.00 ± 1.00 | 60.50 ± 0.50 | 55.75 |" in text
+
+
+@pytest.mark.parametrize("rel, meta, expected", [
+    ("toy/SoftCPT/NATA/tiny_4shots/seed2", {"trainer": "SoftCPT"}, ("toy", "SoftCPT/NATA", "tiny", 4, 2)),
+    ("oxford_pets/CoOp/rn50_ep50_16shots/nctx16_cscFalse_ctpend/seed1", {"trainer": "CoOp"},
+     ("oxford_pets", "CoOp/nctx16_cscFalse_ctpend", "rn50_ep50", 16, 1)),
+    ("base2new/test_new/toy/shots_16/SoftCPT/NATA/tiny/seed3", {"trainer": "SoftCPT", "config": "tiny"},
+     ("toy [test_new]", "SoftCPT/NATA", "tiny", 16, 3)),
+    ("ZeroshotCLIP/rn50/oxford_pets", {"trainer": "ZeroshotCLIP", "config": "rn50", "seed": -1, "shots": -1},
+     ("oxford_pets", "ZeroshotCLIP", "rn50", 0, -1)),
+    ("toy/Mystery/tiny_1shots/seed1", {}, ("toy", "Mystery", "tiny", 1, 1)),
+    ("toy/CoOp/CA/tiny_2shots/seed3", {}, ("toy", "CoOp/CA", "tiny", 2, 3)),  # crashed: no record
+])
+def test_describe_reads_coop_layouts(tmp_path, rel, meta, expected):
+    root = tmp_path / "output"
+    assert results.describe(str(root / rel), str(root), meta, results.BUILTIN_TRAINERS) == expected
+
+
+def test_base_to_new_table_has_the_harmonic_mean(tmp_path):
+    for split, score in (("train_base", 80.0), ("test_new", 60.0)):
+        write_ours(tmp_path / "base2new" / split / "toy" / "shots_16" / "SoftCPT" / "NATA" / "tiny" / "seed1",
+                   score, shots=16)
+    text = results.markdown(results.summarize(results.collect([str(tmp_path / "base2new")])), [])
+    assert "| toy | SoftCPT/NATA | tiny | 16 | 80.00 ± 0.00 | 60.00 ± 0.00 | 68.57 |" in text
+
+
+def test_command_line_defaults_and_errors(tree, tmp_path):
+    done = subprocess.run([sys.executable, "scripts/results.py", str(tree), "--no-plot"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "(2/3 seeds)" in done.stdout
+    assert (tree / "summary" / "table.csv").is_file() and not (tree / "summary" / "curves.png").exists()
+    again = results.collect([str(tree)])  # the summary folder is not mistaken for a run
+    assert all("summary" not in r.path for r in again)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert results.main([str(empty)]) == 1
+    assert results.main([str(tmp_path / "nowhere")]) == 2

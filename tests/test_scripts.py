@@ -1,0 +1,205 @@
+"""The sweep scripts: folders, arguments, skip only when done, resume, failures.
+
+Argument and failure handling run against a stand-in for ``python train.py``
+(fast, no Dassl). The resume test kills a real sweep in the middle of a run and
+starts it again; it and the real-run tests need Dassl.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None,
+                                 reason="Dassl is not installed")
+
+# Stands in for the interpreter: records train.py's arguments, fails where told, and
+# otherwise writes what a finished run leaves; anything else goes to the real Python.
+FAKE_PYTHON = """#!/bin/bash
+if [ "$1" != train.py ]; then exec {python} "$@"; fi
+echo "$*" >> "$CALLS"
+while [ $# -gt 0 ]; do
+    case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; --trainer) trainer=$2 ;; esac
+    shift
+done
+mkdir -p "$out"  # train.py's first act, as Dassl opens log.txt there
+if [ "$seed" = "$FAIL_SEED" ]; then echo "boom" | tee "$out/log.txt" >&2; exit 3; fi
+echo '{{"score": 50.0, "trainer": "'$trainer'", "seed": '$seed', "tasks": []}}' > "$out/results.json"
+touch "$out/done"
+"""
+
+
+def sweep(script, *args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          **kwargs)
+
+
+@pytest.fixture
+def fake_env(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), CALLS=str(tmp_path / "calls.txt"), FAIL_SEED="",
+               OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SKIP_SETUP="1")
+    return env
+
+
+def calls(env) -> list[str]:
+    with open(env["CALLS"]) as f:
+        return f.read().splitlines()
+
+
+def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_path):
+    fake_env.update(FAIL_SEED="2", SHOTS="1 4", SEEDS="1 2 3")
+    done = sweep("scripts/coop/main.sh", "toy", "tiny", "CA", env=fake_env)
+    assert done.returncode == 1
+    assert len(calls(fake_env)) == 6  # every run was tried
+    assert "(2/3 seeds)" in done.stdout  # the table of the four that finished
+    failed = done.stderr.split("failed runs")[1]
+    for shots in (1, 4):
+        assert f"CoOp/CA/tiny_{shots}shots/seed2 (exit code 3" in failed
+    assert "seed1" not in failed and "seed3" not in failed
+
+    fake_env["FAIL_SEED"] = ""
+    again = sweep("scripts/coop/main.sh", "toy", "tiny", "CA", env=fake_env)
+    assert again.returncode == 0 and len(calls(fake_env)) == 8  # only the two failed runs again
+    assert again.stdout.count("[sweep] skip") == 4 and again.stdout.count("[sweep] resume") == 2
+
+
+@pytest.mark.parametrize("script, args, folder, expected", [
+    ("scripts/softcpt/main.sh", ["general10", "rn50_ep50", "NATS"],
+     "general10/SoftCPT/NATS/rn50_ep50_16shots/seed2",
+     ("--trainer SoftCPT --dataset-config-file configs/datasets/general10.yaml --config-file "
+      "configs/trainers/SoftCPT/rn50_ep50.yaml DATASET.NUM_SHOTS 16 TRAINER.SOFTCPT.VARIANT NATS")),
+    ("scripts/coop/main.sh", ["toy", "tiny", "MT", "TRAINER.COOP.N_CTX", "4"],
+     "toy/CoOp/MT/tiny_16shots/seed2",
+     "DATASET.NUM_SHOTS 16 TRAINER.COOP.SHARING all TRAINER.COOP.CSC False TRAINER.COOP.N_CTX 4"),
+    ("scripts/coop/main.sh", ["toy", "tiny", "CS"], "toy/CoOp/CS/tiny_16shots/seed2",
+     "TRAINER.COOP.SHARING task TRAINER.COOP.CSC True"),
+    ("scripts/cocoop/main.sh", [], "toy/CoCoOp/tiny_16shots/seed2", "--trainer CoCoOp"),
+    ("scripts/linear_probe/main.sh", [], "toy/LinearProbeCLIP/tiny_16shots/seed2",
+     "--trainer LinearProbeCLIP"),
+    ("scripts/zsclip/main.sh", [], "toy/ZeroshotCLIP/tiny_0shots/seed2", "DATASET.NUM_SHOTS 0"),
+    ("scripts/softcpt/base2new_train.sh", [], "base2new/train_base/toy/shots_16/SoftCPT/NATA/tiny/seed2",
+     "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.SOFTCPT.VARIANT NATA"),
+])
+def test_scripts_pass_coop_style_arguments_and_folders(fake_env, script, args, folder, expected):
+    fake_env.update(SHOTS="16", SEEDS="2")
+    done = sweep(script, *args, env=fake_env)
+    assert done.returncode == 0, done.stderr
+    (call,) = calls(fake_env)
+    out = fake_env["OUTPUT"]
+    assert call.startswith(f"train.py --output-dir {out}/{folder} --root {fake_env['DATA']} --seed 2 ")
+    assert expected in call
+    assert os.path.isfile(os.path.join(out, folder, "done"))
+
+
+def test_base2new_test_needs_the_finished_training_run(fake_env):
+    fake_env.update(SHOTS="16", SEEDS="1 2")
+    base = os.path.join(fake_env["OUTPUT"], "base2new", "train_base", "toy", "shots_16", "SoftCPT",
+                        "NATA", "tiny")
+    os.makedirs(os.path.join(base, "seed1"))
+    open(os.path.join(base, "seed1", "done"), "w").close()
+    os.makedirs(os.path.join(base, "seed2"))  # interrupted: must not be evaluated
+    done = sweep("scripts/softcpt/base2new_test.sh", env=dict(fake_env, LOADEP="3"))
+    assert done.returncode == 1
+    (call,) = calls(fake_env)
+    assert f"--eval-only --model-dir {base}/seed1 --load-epoch 3 DATASET.NUM_SHOTS 16 " \
+           "DATASET.SUBSAMPLE_CLASSES new" in call
+    assert f"test_new/toy/shots_16/SoftCPT/NATA/tiny/seed2 (needs the finished run {base}/seed2)" \
+        in done.stderr
+
+
+def test_unknown_names_stop_before_any_run(fake_env):
+    done = sweep("scripts/softcpt/main.sh", "toy", "nosuchcfg", env=fake_env)
+    assert done.returncode == 2 and "rn50_ep50" in done.stderr and "tiny" in done.stderr
+    done = sweep("scripts/coop/main.sh", "toy", "tiny", "XX", env=fake_env)
+    assert done.returncode == 2 and "CA, CS, MT" in done.stderr
+    assert not os.path.exists(fake_env["CALLS"])
+
+
+# ---------------------------------------------------------------- real runs
+def _children_alive(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (our own test folder)."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    alive.append(int(pid))
+        except OSError:
+            pass
+    return alive
+
+
+def _table(stdout: str) -> str:
+    return stdout[stdout.index("## toy"):]
+
+
+@needs_dassl
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to watch the run")
+def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, OUTPUT=str(out), DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1 2")
+    cmd = ["bash", "scripts/coop/main.sh", "toy", "tiny", "CA", "TRAINER.COOP.N_CTX", "4",
+           "OPTIM.MAX_EPOCH", "10"]
+    runs = out / "toy" / "CoOp" / "CA" / "tiny_1shots"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (runs / "seed2" / "prompt_learner" / "model.pth.tar-2").exists():
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before it was killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # as a job scheduler or `timeout` would: the script only
+    assert proc.wait(timeout=30) == 130 and "[sweep] interrupted" in (tmp_path / "first.log").read_text()
+    assert not _children_alive(str(out)), "the run in progress outlived the sweep"
+    assert (runs / "seed1" / "done").is_file() and not (runs / "seed2" / "done").exists()
+    first = (runs / "seed1" / "results.json").read_bytes()
+
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"[sweep] skip   {runs}/seed1" in resumed.stdout
+    assert f"[sweep] resume {runs}/seed2" in resumed.stdout
+    log = next(p for p in (runs / "seed2").glob("log.txt-*"))  # Dassl's name for a second log
+    previous = [line for line in log.read_text().splitlines() if line.startswith("Previous epoch")]
+    assert previous and int(previous[0].split(":")[1]) >= 2  # continued, not restarted
+    assert (runs / "seed1" / "results.json").read_bytes() == first
+    assert json.loads((runs / "seed2" / "results.json").read_text())["epoch"] == 10
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    assert "0 run(s) ran, 2 skipped as finished, 0 failed" in again.stdout
+    assert _table(again.stdout) == _table(resumed.stdout)
+
+
+@needs_dassl
+def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(tmp_path):
+    env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="1",
+               SEEDS="1", SKIP_SETUP="1")
+    done = sweep("scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1", env=env,
+                 timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "toy" / "SoftCPT" / "NATA" / "tiny_1shots" / "seed1" / "done").is_file()
+    assert "| SoftCPT/NATA | tiny |" in _table(done.stdout)
+    assert (tmp_path / "out" / "toy" / "summary" / "curves.png").is_file()
+
+
+@needs_dassl
+def test_example_trainer_in_its_own_file_sweeps(tmp_path):
+    """examples/my_trainer.py: registered by -m, keys added by its config hook, shared parts only."""
+    env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1")
+    done = sweep("examples/my_trainer.sh", "toy", "tiny", "TRAINER.TASKWORD.N_CTX", "2", env=env,
+                 timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "out" / "toy" / "TaskWordCoOp" / "tiny_1shots" / "seed1"
+    report = json.loads((run / "results.json").read_text())
+    assert report["trainer"] == "TaskWordCoOp" and len(report["tasks"]) == 3
+    assert "N_CTX: 2" in (run / "log.txt").read_text()
+    assert "| TaskWordCoOp | tiny |" in done.stdout

@@ -1,0 +1,135 @@
+"""CoOp on every task of a benchmark at once (the CoOp-CA, CoOp-CS and CoOp-MT baselines).
+
+A class prompt is ``[SOS] v_1 ... v_n <class name> . [EOS]`` as in CoOp; only the
+sharing of the context ``v`` changes (TRAINER.COOP.SHARING and CSC):
+
+* CoOp-CA (default): one context per task, shared by that task's classes.
+  Trained with the multi-task loss, this equals CoOp run on each task alone.
+* CoOp-CS (CSC True): one context per class.
+* CoOp-MT (SHARING "all"): one context shared by every class of every task.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from dassl.engine import TRAINER_REGISTRY
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from datasets.task_info import TaskInfo
+from trainers.base import MultiTaskPromptTrainer, PromptHead
+from trainers.config import add_prompt_keys
+from trainers.prompt import POSITIONS, PromptBuilder, init_context
+
+logger = logging.getLogger(__name__)
+
+SHARINGS = ("task", "all")
+# Name of each baseline in the paper's tables, by (SHARING, CSC).
+BASELINE_NAMES = {("task", False): "CoOp-CA", ("task", True): "CoOp-CS", ("all", False): "CoOp-MT"}
+
+
+def add_coop_config(cfg: CN) -> None:
+    """Add ``TRAINER.COOP`` with CoOp's keys (called by ``trainers.config.extend_cfg``)."""
+    node = cfg.TRAINER.COOP = CN()
+    add_prompt_keys(node)
+    # Number of context vectors n (CoOp's M); ignored when CTX_INIT is given.
+    node.N_CTX = 16
+    # Words initialising the context, e.g. "a photo of a" (then n is their token
+    # count); "" draws N(0, 0.02^2).
+    node.CTX_INIT = ""
+    # Class-specific context: one context per class (CoOp-CS). Needs SHARING "task".
+    node.CSC = False
+    # Where the class name goes: end, middle or front.
+    node.CLASS_TOKEN_POSITION = "end"
+    # Who shares a class-agnostic context: "task" (one per task, CoOp-CA) or
+    # "all" (one for every class of every task, CoOp-MT, hard sharing).
+    node.SHARING = "task"
+
+
+def check_coop_cfg(node: CN) -> None:
+    """Fail before building anything, naming the key and the allowed values."""
+    if node.SHARING not in SHARINGS:
+        raise ValueError(f"TRAINER.COOP.SHARING is {node.SHARING!r}; allowed: {list(SHARINGS)} "
+                         "(task: CoOp-CA/CS, all: CoOp-MT).")
+    if not isinstance(node.CSC, bool):
+        raise ValueError(f"TRAINER.COOP.CSC is {node.CSC!r}; allowed: True or False.")
+    if node.CSC and node.SHARING == "all":
+        raise ValueError("TRAINER.COOP.CSC True gives every class its own context, which "
+                         "TRAINER.COOP.SHARING 'all' cannot share: use SHARING 'task' with CSC True "
+                         "(CoOp-CS) or CSC False with SHARING 'all' (CoOp-MT).")
+    if node.CLASS_TOKEN_POSITION not in POSITIONS:
+        raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION is {node.CLASS_TOKEN_POSITION!r}; "
+                         f"allowed: {list(POSITIONS)}.")
+    if not node.CTX_INIT and (not isinstance(node.N_CTX, int) or node.N_CTX < 1):
+        raise ValueError(f"TRAINER.COOP.N_CTX is {node.N_CTX!r}; allowed: an integer >= 1.")
+
+
+class CoOpHead(PromptHead):
+    """Learned context spliced before (or around) every class name.
+
+    Args:
+        task_info: the tasks and their class names (global classes are their concatenation).
+        token_embedding: CLIP's token embedding (frozen).
+        n_ctx: context vectors per prompt (ignored when ``ctx_init`` is given).
+        ctx_init: words initialising the context.
+        sharing: ``task`` (one context per task) or ``all`` (one for everything).
+        csc: one context per class (with ``sharing="task"``).
+        class_token_position: ``end``, ``middle`` or ``front``.
+    """
+
+    def __init__(self, task_info: TaskInfo, token_embedding: nn.Embedding, n_ctx: int = 16,
+                 ctx_init: str = "", sharing: str = "task", csc: bool = False,
+                 class_token_position: str = "end") -> None:
+        super().__init__()
+        names = task_info.all_classnames
+        groups = len(names) if csc else (task_info.num_tasks if sharing == "task" else None)
+        # (C, n, W) per class, (T, n, W) per task, or (n, W) shared by all; n from ctx_init if given
+        self.ctx = nn.Parameter(init_context(n_ctx, token_embedding.embedding_dim, groups, ctx_init,
+                                             token_embedding))
+        self.prompts = PromptBuilder(names, self.ctx.shape[-2], token_embedding, class_token_position)
+        self.register_buffer("task_of_class", torch.tensor(task_info.task_of_class), persistent=False)
+        self.csc, self.sharing = csc, sharing
+        if csc:
+            self.per_class_keys = ("ctx",)
+        elif sharing == "task":
+            self.per_task_keys = ("ctx",)
+
+    @classmethod
+    def from_cfg(cls, node: CN, clip_model: nn.Module, task_info: TaskInfo) -> "CoOpHead":
+        """Build from ``cfg.TRAINER.COOP``."""
+        return cls(task_info, clip_model.token_embedding, n_ctx=node.N_CTX,
+                   ctx_init=node.CTX_INIT, sharing=node.SHARING, csc=node.CSC,
+                   class_token_position=node.CLASS_TOKEN_POSITION)
+
+    def forward(self, encoder: nn.Module, columns: Optional[torch.Tensor] = None,
+                image_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class features ``(C', D)`` of the global classes ``columns`` (all when None)."""
+        if columns is None:
+            columns = torch.arange(len(self.prompts), device=self.ctx.device)
+        if self.csc:
+            ctx = self.ctx[columns]  # (C', n, W)
+        elif self.sharing == "task":
+            ctx = self.ctx[self.task_of_class[columns]]  # (C', n, W)
+        else:
+            ctx = self.ctx  # (n, W), the same for every row
+        return encoder(*self.prompts(ctx, columns))
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(MultiTaskPromptTrainer):
+    """CoOp on all tasks at once: CoOp-CA (default), CoOp-CS (CSC True), CoOp-MT (SHARING all)."""
+
+    TRAINER_KEY = "COOP"
+
+    def check_cfg(self, cfg: CN) -> None:
+        check_coop_cfg(cfg.TRAINER.COOP)
+
+    def build_head(self, clip_model: nn.Module, task_info: TaskInfo) -> PromptHead:
+        node = self.tcfg
+        head = CoOpHead.from_cfg(node, clip_model, task_info)
+        logger.info("%s: context %s, CTX_INIT %r, CLASS_TOKEN_POSITION %s",
+                    BASELINE_NAMES[(node.SHARING, node.CSC)], tuple(head.ctx.shape), node.CTX_INIT,
+                    node.CLASS_TOKEN_POSITION)
+        return head
