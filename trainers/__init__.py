@@ -13,3 +13,5 @@ except ImportError:  # the Dassl-free modules stay importable
 if dassl is not None:
     # Imported for their registration side effects only.
     from . import evaluator  # noqa: F401
+    from . import softcpt  # noqa: F401
+    from . import cocoop, coop, linear_probe, zsclip  # noqa: F401  (the baselines)

@@ -6,7 +6,20 @@ to its code (``add_<family>_config``) and is listed here.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from yacs.config import CfgNode as CN
+
+# Config hooks of trainers that live outside this package (examples/my_trainer.py).
+_EXTRA_HOOKS: list[Callable[[CN], None]] = []
+
+
+def register_config_hook(hook: Callable[[CN], None]) -> Callable[[CN], None]:
+    """Decorator: ``extend_cfg`` also calls ``hook(cfg)``, so a trainer kept in its own
+    file (imported before the config is built) adds its keys without editing this one."""
+    if hook not in _EXTRA_HOOKS:
+        _EXTRA_HOOKS.append(hook)
+    return hook
 
 
 def add_prompt_keys(node: CN) -> None:
@@ -41,3 +54,15 @@ def extend_cfg(cfg: CN) -> None:
     add_dataset_config(cfg)
 
     # Trainer families, one hook each (imported here to keep this module light).
+    from trainers.softcpt import add_softcpt_config
+    add_softcpt_config(cfg)
+    from trainers.coop import add_coop_config
+    add_coop_config(cfg)
+    from trainers.cocoop import add_cocoop_config
+    add_cocoop_config(cfg)
+    from trainers.zsclip import add_zsclip_config
+    add_zsclip_config(cfg)
+    from trainers.linear_probe import add_linear_probe_config
+    add_linear_probe_config(cfg)
+    for hook in _EXTRA_HOOKS:
+        hook(cfg)
