@@ -46,6 +46,16 @@ def read_class_folders(image_dir: str, folders: list[str], labels: list[int], cl
     return items
 
 
+def read_named_folders(image_dir: str, classnames: "OrderedDict[str, str]", section: str) -> list[Datum]:
+    """Class folders of ``image_dir``, labelled by their sorted order (CoOp), named by classnames.txt."""
+    folders = sorted(e.name for e in os.scandir(image_dir) if e.is_dir())
+    unknown = [f for f in folders if f not in classnames]
+    if unknown:
+        raise DatasetError(f"{image_dir}: folders {unknown[:5]} are not in classnames.txt", section)
+    return read_class_folders(image_dir, folders, list(range(len(folders))),
+                              [classnames[f] for f in folders], section)
+
+
 @DATASET_REGISTRY.register()
 class ImageNet(FewShotDataset):
     dataset_dir = "imagenet"
@@ -70,12 +80,7 @@ class ImageNet(FewShotDataset):
     def _list(self, split: str, classnames: "OrderedDict[str, str]") -> list[Datum]:
         split_dir = os.path.join(self.dataset_dir, "images", split)
         self.require(split_dir, f"{split} image folder")
-        folders = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-        unknown = [f for f in folders if f not in classnames]
-        if unknown:
-            raise DatasetError(f"{split_dir}: folders {unknown[:5]} are not in classnames.txt", self.section)
-        return read_class_folders(split_dir, folders, list(range(len(folders))),
-                                  [classnames[f] for f in folders], self.section)
+        return read_named_folders(split_dir, classnames, self.section)
 
     def _load_preprocessed(self, path: str) -> tuple[list[Datum], list[Datum]]:
         """CoOp's cached listing, re-rooted: each path keeps its last three parts (split/wnid/file)."""

@@ -10,9 +10,8 @@ import os
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
 
 from .base import FewShotDataset
-from .errors import DatasetError
 from .files import data_root
-from .imagenet import read_class_folders, read_classnames
+from .imagenet import read_class_folders, read_classnames, read_named_folders
 
 
 class ImageNetTestSet(FewShotDataset):
@@ -34,12 +33,7 @@ class ImageNetTestSet(FewShotDataset):
     def read_data(self, classnames) -> list[Datum]:
         image_dir = os.path.join(self.dataset_dir, self.image_dir)
         self.require(image_dir, "image folder")
-        folders = sorted(e.name for e in os.scandir(image_dir) if e.is_dir())
-        unknown = [f for f in folders if f not in classnames]
-        if unknown:
-            raise DatasetError(f"{image_dir}: folders {unknown[:5]} are not in classnames.txt", self.section)
-        return read_class_folders(image_dir, folders, list(range(len(folders))),
-                                  [classnames[f] for f in folders], self.section)
+        return read_named_folders(image_dir, classnames, self.section)
 
 
 @DATASET_REGISTRY.register()
