@@ -23,7 +23,7 @@ from torch import nn
 
 from datasets.task_info import TaskInfo, task_info_of
 from trainers.backbone import load_clip, resolve_precision
-from trainers.losses import multitask_loss, training_columns
+from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
 from trainers.text_encoder import TextEncoder
 
@@ -135,8 +135,8 @@ class MultiTaskPromptTrainer(TrainerX):
             loss = multitask_loss(logits, targets, self.task_of_class[labels],
                                   self.task_of_class[columns])
         self.optimizer_steps(loss)
-        own = self.task_of_class[labels][:, None] == self.task_of_class[columns][None, :]
-        acc = (logits.masked_fill(~own, float("-inf")).argmax(1) == targets).float().mean()
+        pred = own_task_prediction(logits, self.task_of_class[labels], self.task_of_class[columns])
+        acc = (pred == targets).float().mean()
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return {"loss": loss.item(), "acc": 100.0 * acc.item()}

@@ -16,6 +16,7 @@ import torch
 from dassl.evaluation import EVALUATOR_REGISTRY, EvaluatorBase
 
 from datasets.task_info import TaskInfo
+from trainers.losses import own_task_prediction
 
 
 def task_scores(y_true: np.ndarray, y_pred: np.ndarray, task_info: TaskInfo) -> list[dict]:
@@ -71,8 +72,7 @@ class MultiTaskClassification(EvaluatorBase):
     def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
         # mo: (B, C) logits over every class of every task; gt: (B,) global labels
         task_of_class = self.task_of_class.to(mo.device)
-        own = task_of_class[gt][:, None] == task_of_class[None, :]
-        pred = mo.masked_fill(~own, float("-inf")).argmax(dim=1)
+        pred = own_task_prediction(mo, task_of_class[gt], task_of_class)
         self._y_true.append(gt.cpu().numpy())
         self._y_pred.append(pred.cpu().numpy())
 

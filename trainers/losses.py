@@ -19,6 +19,13 @@ def own_task_mask(sample_task: torch.Tensor, column_task: torch.Tensor) -> torch
     return sample_task[:, None] == column_task[None, :]
 
 
+def own_task_prediction(logits: torch.Tensor, sample_task: torch.Tensor,
+                        column_task: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` argmax over each sample's own task's columns (SPEC: prediction)."""
+    own = own_task_mask(sample_task, column_task)
+    return logits.masked_fill(~own, float("-inf")).argmax(dim=1)
+
+
 def multitask_loss(logits: torch.Tensor, targets: torch.Tensor, sample_task: torch.Tensor,
                    column_task: torch.Tensor) -> torch.Tensor:
     """Sum over samples of the cross-entropy over their own task's columns, / batch size.
