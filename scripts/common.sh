@@ -40,6 +40,31 @@ _sweep_interrupted() {
 }
 trap _sweep_interrupted INT TERM
 
+# check_python: stop before the first run, creating nothing, when $PYTHON lacks a package
+# that every run needs; name each missing one and the command that installs it.
+_PREFLIGHT='# sweep pre-flight: print each package that does not import
+import importlib
+for module, package in [("torch", "torch"), ("torchvision", "torchvision"),
+                        ("open_clip", "open-clip-torch"), ("dassl", "Dassl")]:
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # a broken install counts as missing too
+        print(f"{package} ({type(err).__name__}: {err})")'
+check_python() {
+    local missing
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+        echo "[sweep] error: no Python interpreter '$PYTHON'; set PYTHON=/path/to/python (INSTALL.md)." >&2
+        exit 3
+    fi
+    missing=$("$PYTHON" -c "$_PREFLIGHT" 2>/dev/null) || missing="all (the interpreter failed to start)"
+    if [ -n "$missing" ]; then
+        echo "[sweep] error: $PYTHON cannot import: $(echo "$missing" | paste -sd ';' | sed 's/;/; /g')." >&2
+        echo "[sweep] Fix: PYTHON=$PYTHON bash scripts/setup.sh (Dassl: INSTALL.md#dassl; without" >&2
+        echo "[sweep] GitHub: WHEELS=/path/to/wheels bash scripts/setup.sh). No run was started." >&2
+        exit 3
+    fi
+}
+
 # require_file PATH WHAT: stop early, listing the choices, when a config file is missing.
 require_file() {
     if [ ! -f "$1" ]; then
@@ -128,3 +153,5 @@ sweep_finish() {
         exit 1
     fi
 }
+
+check_python  # once, when a sweep script sources this file
