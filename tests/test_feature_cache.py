@@ -6,8 +6,7 @@ import copy
 import json
 import logging
 import os
-import subprocess
-import sys
+import multiprocessing
 from types import SimpleNamespace
 
 import pytest
@@ -15,9 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from trainers import feature_cache as fc
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture
 def log(caplog):
@@ -141,27 +137,27 @@ def test_failed_write_keeps_the_features_and_leaves_no_file(tmp_path, log, monke
     assert os.listdir(tmp_path) == [] and "Could not store" in log.text
 
 
-WRITER = """
-import sys, torch
-from trainers import feature_cache as fc
-folder, tag = sys.argv[1], float(sys.argv[2])
-parts = {"images": [["x.jpg", 0]] * 64}
-key = fc.cache_key(parts)
-path = fc.cache_path(folder, "d", "test", key)
-for _ in range(40):
-    fc.write(path, key, parts, torch.full((64, 256), tag), torch.zeros(64, dtype=torch.long))
-    got = fc.read(path, key, 64)
-    assert got is not None and got[0].unique().numel() == 1, "read a mixed or partial file"
-"""
+def write_and_read(folder: str, tag: float, rounds: int = 20) -> None:
+    """Write the same entry ``rounds`` times with features all equal to ``tag``; read after each."""
+    parts = {"images": [["x.jpg", 0]] * 64}
+    key = fc.cache_key(parts)
+    path = fc.cache_path(folder, "d", "test", key)
+    for _ in range(rounds):
+        fc.write(path, key, parts, torch.full((64, 256), tag), torch.zeros(64, dtype=torch.long))
+        got = fc.read(path, key, 64)
+        if got is None or got[0].unique().numel() != 1:
+            raise SystemExit("read a partial or mixed file")
 
 
 def test_parallel_writers_never_leave_a_partial_file(tmp_path):
     """Two processes write and read the same entry at once: every read sees one whole file."""
-    env = dict(os.environ, PYTHONPATH=REPO)
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag], env=env,
-                              stderr=subprocess.PIPE, text=True) for tag in ("1", "2")]
+    ctx = multiprocessing.get_context("fork")  # cheap: torch is imported already
+    procs = [ctx.Process(target=write_and_read, args=(str(tmp_path), tag)) for tag in (1.0, 2.0)]
     for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read()
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].endswith(".pt")  # no temporary file left
 
@@ -176,7 +172,7 @@ TRAINER_RUNS = {  # trainer: (config, extra options, flags): evaluation-only whe
     "CoOp": ("tiny", ("TRAINER.COOP.N_CTX", "4"), ("--eval-only",)),
     "CoCoOp": ("tiny", (), ("--eval-only",)),
     "ZeroshotCLIP": ("tiny", (), ()),
-    "LinearProbeCLIP": ("tiny", (), ()),  # also its training and validation features
+    "LinearProbeCLIP": ("tiny", ("TRAINER.LINEAR_PROBE.C_GRID", "[0.1, 10.0]"), ()),  # + train, val
 }
 
 

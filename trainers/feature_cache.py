@@ -18,6 +18,7 @@ warning naming it. ``TEST.FEATURE_CACHE False`` turns the cache off and
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -27,7 +28,6 @@ import tempfile
 import time
 from typing import Callable, Iterable, Iterator, Optional
 
-import open_clip
 import torch
 from torch import nn
 
@@ -86,8 +86,11 @@ def cache_key(parts: dict) -> str:
 
 
 def library_versions() -> dict:
-    return {"torch": str(torch.__version__), "open_clip": str(open_clip.__version__),
-            "format": FORMAT_VERSION}
+    try:
+        open_clip = importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout
+        open_clip = "unknown"
+    return {"torch": str(torch.__version__), "open_clip": open_clip, "format": FORMAT_VERSION}
 
 
 def cache_path(folder: str, dataset: str, split: str, key: str) -> str:
