@@ -227,16 +227,21 @@ def test_every_trainer_reads_the_cache_exactly_and_encodes_no_image(trainer, toy
     assert {f.split("-")[1] for f in os.listdir(cache)} == splits
 
 
+def zero_shot_trainer(toy_root, out, *opts):
+    """A ZeroshotCLIP trainer on the toy benchmark, built as train.py builds it."""
+    from dassl.engine import build_trainer
+    args = train.build_parser().parse_args([
+        "--root", toy_root, "--seed", "1", "--trainer", "ZeroshotCLIP", "--output-dir", str(out),
+        "--dataset-config-file", "configs/datasets/toy.yaml",
+        "--config-file", "configs/trainers/ZeroshotCLIP/tiny.yaml", "DATASET.NUM_SHOTS", "2", *opts])
+    return build_trainer(train.setup_cfg(args))
+
+
 def test_stored_features_equal_the_image_encoder_within_1e5(toy_root, tmp_path):
     """The cache file holds what CLIP's image tower gives for each test image, in order."""
-    from dassl.engine import build_trainer
     cache = tmp_path / "features"
     run("ZeroshotCLIP", toy_root, tmp_path / "run", cache)
-    args = train.build_parser().parse_args([
-        "--root", toy_root, "--seed", "1", "--trainer", "ZeroshotCLIP",
-        "--dataset-config-file", "configs/datasets/toy.yaml",
-        "--config-file", "configs/trainers/ZeroshotCLIP/tiny.yaml", "DATASET.NUM_SHOTS", "2"])
-    trainer = build_trainer(train.setup_cfg(args))
+    trainer = zero_shot_trainer(toy_root, tmp_path)
     (path,) = [cache / f for f in os.listdir(cache)]
     stored = torch.load(path, weights_only=True)
     with torch.no_grad():
@@ -245,3 +250,26 @@ def test_stored_features_equal_the_image_encoder_within_1e5(toy_root, tmp_path):
     labels = torch.tensor([d.label for d in trainer.dm.dataset.test])
     assert torch.equal(stored["labels"], labels)
     assert (stored["features"] - ref).abs().max() < 1e-5
+
+
+def test_trainer_overriding_only_model_inference_keeps_its_image_loop(toy_root, tmp_path, caplog):
+    """A user trainer written for Dassl's loop (model_inference on images) still evaluates its way."""
+    from trainers.zsclip import ZeroshotCLIP
+
+    class ImageOnly(ZeroshotCLIP):
+        calls = 0
+
+        def model_inference(self, images):
+            ImageOnly.calls += 1
+            return super().model_inference(images)
+
+    trainer = zero_shot_trainer(toy_root, tmp_path, "TEST.FEATURE_CACHE_DIR", str(tmp_path / "features"))
+    trainer.__class__ = ImageOnly
+    logger = logging.getLogger("trainers.base")
+    logger.addHandler(caplog.handler)
+    try:
+        trainer.test()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert ImageOnly.calls == len(trainer.test_loader) and "overrides model_inference" in caplog.text
+    assert not (tmp_path / "features").exists()

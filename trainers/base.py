@@ -200,6 +200,12 @@ class MultiTaskPromptTrainer(TrainerX):
     @torch.no_grad()
     def evaluate(self, split: str) -> float:
         """Dassl's test loop on image features (read from the cache when stored)."""
+        own = type(self)
+        if (own.model_inference is not MultiTaskPromptTrainer.model_inference
+                and own.feature_logits is MultiTaskPromptTrainer.feature_logits):
+            logger.warning("%s overrides model_inference but not feature_logits: evaluating from "
+                           "images, without the image-feature cache (README.md#speed).", own.__name__)
+            return TrainerX.test(self, split)
         loader = self.val_loader if split == "val" else self.test_loader
         print(f"Evaluate on the *{split}* set")
         self.evaluator.reset()
