@@ -324,7 +324,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--eval-cache", action="store_true",
                    help="measure the image-feature cache instead: one test set evaluated twice")
-    p.add_argument("--eval-images", type=int, default=240, help="about this many test images (--eval-cache)")
+    p.add_argument("--eval-images", type=int, default=200, help="about this many test images (--eval-cache)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
