@@ -242,7 +242,8 @@ class MultiTaskPromptTrainer(TrainerX):
                 logger.warning("The %s transform is random: its image features are not cached.", split)
             return feature_cache.compute(encode())
         folder = cfg.TEST.FEATURE_CACHE_DIR or feature_cache.default_folder()
-        parts = feature_cache.describe(cfg, self.model.image_encoder, self.precision, self.device,
+        precision = getattr(self, "precision", str(self.model.dtype))  # a build_model of one's own
+        parts = feature_cache.describe(cfg, self.model.image_encoder, precision, self.device,
                                        loader, split)
         return feature_cache.cached_features(folder, parts, cfg.DATASET.NAME, split, encode)
 
