@@ -61,7 +61,7 @@ def weights_fingerprint(module: nn.Module) -> str:
     for name, tensor in state:
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     digest = h.hexdigest()
     object.__setattr__(module, _FINGERPRINT_ATTR, (signature, digest))  # not a submodule or buffer
     return digest
