@@ -167,9 +167,11 @@ dassl = pytest.importorskip("dassl", reason="Dassl is not installed")
 
 import train  # noqa: E402
 
-TRAINER_RUNS = {  # trainer: (config, extra options, flags): evaluation-only where training is not needed
+# trainer: (config, extra options, flags): evaluation-only where training is not needed. CoOp
+# evaluates through exactly SoftCPT's code (MultiTaskPromptTrainer.feature_logits), so it is
+# left out to keep the suite short.
+TRAINER_RUNS = {
     "SoftCPT": ("tiny", (), ("--eval-only",)),
-    "CoOp": ("tiny", ("TRAINER.COOP.N_CTX", "4"), ("--eval-only",)),
     "CoCoOp": ("tiny", (), ("--eval-only",)),
     "ZeroshotCLIP": ("tiny", (), ()),
     "LinearProbeCLIP": ("tiny", ("TRAINER.LINEAR_PROBE.C_GRID", "[0.1, 10.0]"), ()),  # + train, val
