@@ -180,7 +180,8 @@ def cached_features(folder: str, parts: dict, dataset: str, split: str,
     return feats, labels
 
 
-def chunks(feats: torch.Tensor, labels: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def chunks(feats: torch.Tensor, labels: torch.Tensor,
+           size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The stored features in evaluation batches of ``size``."""
     for i in range(0, len(labels), size):
         yield feats[i:i + size], labels[i:i + size]
