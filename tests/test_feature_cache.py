@@ -98,6 +98,8 @@ def test_second_call_reads_and_encodes_nothing(tmp_path, log):
     log.clear()
     b = fc.cached_features(str(tmp_path), parts(), "MultiTask", "test", encoder(calls))
     assert sum(calls) == 2 and "read from" in log.text
+    path = fc.cache_path(str(tmp_path), "MultiTask", "test", fc.cache_key(parts()))
+    assert os.stat(path).st_mode & 0o044 == 0o044 & ~fc._umask()  # readable by others, as umask allows
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert os.listdir(tmp_path) == [os.path.basename(fc.cache_path(str(tmp_path), "MultiTask", "test",
                                                                    fc.cache_key(parts())))]

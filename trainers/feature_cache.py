@@ -127,6 +127,7 @@ def write(path: str, key: str, parts: dict, feats: torch.Tensor, labels: torch.T
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=osp.basename(path) + ".", suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from a shared folder's users
         # For whoever inspects the file: plain JSON types (torch.load(weights_only) reads them);
         # the image list only by its length.
         described = json.loads(json.dumps({k: v for k, v in parts.items() if k != "images"},
@@ -141,6 +142,12 @@ def write(path: str, key: str, parts: dict, feats: torch.Tensor, labels: torch.T
         if tmp and osp.exists(tmp):
             os.remove(tmp)
         return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def compute(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
