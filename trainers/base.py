@@ -20,8 +20,11 @@ from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
 from dassl.utils import save_checkpoint
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from datasets.task_info import TaskInfo, task_info_of
+from trainers import feature_cache
 from trainers.backbone import load_clip, resolve_precision
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
@@ -74,7 +77,11 @@ class MultiTaskCLIP(nn.Module):
     def forward(self, images: torch.Tensor, columns: Optional[torch.Tensor] = None,
                 text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """logit = exp(logit_scale) * cos(u, h): ``(B, C')``."""
-        u = self.encode_image(images)
+        return self.logits(self.encode_image(images), columns, text_features)
+
+    def logits(self, u: torch.Tensor, columns: Optional[torch.Tensor] = None,
+               text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``forward`` from normalised image features u ``(B, D)`` (e.g. read from the cache)."""
         scale = self.logit_scale.exp().float()
         if self.head.conditional:
             h = self.text_features(columns, image_features=u)  # (B, C', D)
@@ -165,8 +172,15 @@ class MultiTaskPromptTrainer(TrainerX):
             super().update_lr(names)
 
     # ------------------------------------------------------------------- test
+    def feature_logits(self, u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Evaluation logits ``(B, C)`` from normalised image features u ``(B, D)``.
+
+        ``labels`` are for heads that encode only each image's own task (CoCoOp).
+        """
+        return self.model.logits(u, text_features=self._eval_text)
+
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._eval_text)
+        return self.feature_logits(self.model.encode_image(images), None)
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:
@@ -177,11 +191,61 @@ class MultiTaskPromptTrainer(TrainerX):
         if self.tcfg.CACHE_EVAL_TEXT and not self.model.head.conditional:
             self._eval_text = self.model.text_features()  # once per evaluation, not per batch
         try:
-            result = super().test(split)
+            result = self.evaluate(split)
         finally:
             self._eval_text = None
         self.write_results(split)
         return result
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> float:
+        """Dassl's test loop on image features (read from the cache when stored)."""
+        own = type(self)
+        if (own.model_inference is not MultiTaskPromptTrainer.model_inference
+                and own.feature_logits is MultiTaskPromptTrainer.feature_logits):
+            logger.warning("%s overrides model_inference but not feature_logits: evaluating from "
+                           "images, without the image-feature cache (README.md#speed).", own.__name__)
+            return TrainerX.test(self, split)
+        loader = self.val_loader if split == "val" else self.test_loader
+        print(f"Evaluate on the *{split}* set")
+        self.evaluator.reset()
+        feats, labels = self.split_features(loader, split)
+        feats, labels = feats.to(self.device), labels.to(self.device)
+        batches = feature_cache.chunks(feats, labels, loader.batch_size)
+        for u, y in tqdm(batches, total=len(loader)):
+            self.evaluator.process(self.feature_logits(u, y), y)
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        return list(results.values())[0]
+
+    @torch.no_grad()
+    def split_features(self, loader, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised features ``(N, D)`` and labels ``(N,)`` of a loader's images, in order.
+
+        Through the image-feature cache (trainers/feature_cache.py) unless
+        TEST.FEATURE_CACHE is False or the transform is random.
+        """
+        wrapper = loader.dataset
+        # Same images, batch size and order as the loader, whatever its sampler.
+        ordered = DataLoader(wrapper, batch_size=loader.batch_size, shuffle=False,
+                             num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+
+        def encode():
+            for batch in tqdm(ordered, desc=f"encoding {split} images"):
+                images = batch["img"].to(self.device)
+                yield self.model.encode_image(images), batch["label"]
+
+        cfg = self.cfg
+        if not cfg.TEST.FEATURE_CACHE or not feature_cache.is_deterministic(wrapper.transform):
+            if cfg.TEST.FEATURE_CACHE:
+                logger.warning("The %s transform is random: its image features are not cached.", split)
+            return feature_cache.compute(encode())
+        folder = cfg.TEST.FEATURE_CACHE_DIR or feature_cache.default_folder()
+        precision = getattr(self, "precision", str(self.model.dtype))  # a build_model of one's own
+        parts = feature_cache.describe(cfg, self.model.image_encoder, precision, self.device,
+                                       loader, split)
+        return feature_cache.cached_features(folder, parts, cfg.DATASET.NAME, split, encode)
 
     def write_results(self, split: str) -> None:
         """results.json (test split) or results_val.json: the evaluator's report, unrounded."""

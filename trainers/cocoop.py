@@ -119,12 +119,18 @@ class CoCoOp(MultiTaskPromptTrainer):
         return (images, labels), labels
 
     def model_inference(self, batch) -> torch.Tensor:
-        """Logits ``(B, C)`` over the image's own task only; other tasks' columns are -inf."""
         images, labels = batch
+        return self.feature_logits(self.model.encode_image(images), labels)
+
+    def feature_logits(self, u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` over the image's own task only; other tasks' columns are -inf.
+
+        The meta network reads the image feature u, so cached features serve here too.
+        """
         tasks = self.task_of_class[labels]
-        logits = torch.full((len(images), len(self.task_of_class)), float("-inf"), device=self.device)
+        logits = torch.full((len(u), len(self.task_of_class)), float("-inf"), device=self.device)
         for t in tasks.unique():
             rows = (tasks == t).nonzero()  # (b, 1)
             cols = (self.task_of_class == t).nonzero().squeeze(1)  # (K_t,)
-            logits[rows, cols] = self.model(images[rows.squeeze(1)], cols).float()
+            logits[rows, cols] = self.model.logits(u[rows.squeeze(1)], cols).float()
         return logits

@@ -49,6 +49,12 @@ def extend_cfg(cfg: CN) -> None:
     cfg.CONFIG_NAME = ""
     # Per-task accuracies and the benchmark score (trainers/evaluator.py).
     cfg.TEST.EVALUATOR = "MultiTaskClassification"
+    # Store the image features of every evaluated split once and read them in
+    # every later run with the same backbone, precision, images and transform
+    # (trainers/feature_cache.py; exact). False encodes the images every time.
+    cfg.TEST.FEATURE_CACHE = True
+    # Folder of those features; "" means $SOFTCPT_CACHE/features (~/.cache/softcpt/features).
+    cfg.TEST.FEATURE_CACHE_DIR = ""
 
     from datasets.config import add_dataset_config
     add_dataset_config(cfg)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from dassl.data.data_manager import build_data_loader
 from dassl.data.transforms import build_transform
-from dassl.engine import TRAINER_REGISTRY, TrainerX
+from dassl.engine import TRAINER_REGISTRY
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
@@ -105,7 +105,7 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
     def build_model(self) -> None:
         cfg = self.cfg
         self.task_info = task_info_of(self.dm.dataset, cfg.DATASET.NAME)
-        precision = resolve_precision(self.tcfg.PREC, self.device)
+        self.precision = precision = resolve_precision(self.tcfg.PREC, self.device)
         backbone = cfg.MODEL.BACKBONE
         logger.info("Loading CLIP (backbone: %s)", backbone.NAME)
         clip_model = load_clip(backbone.NAME, backbone.PRETRAINED_TAG, precision, self.device,
@@ -114,16 +114,6 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
         self.model = MultiTaskCLIP(clip_model, head).to(self.device)
         self.register_model(HEAD_NAME, head, None, None)
 
-    @torch.no_grad()
-    def features(self, loader) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised image features ``(N, D)`` and global labels ``(N,)`` of a loader."""
-        feats, labels = [], []
-        for batch in loader:
-            images, y = self.parse_batch_test(batch)
-            feats.append(self.model.encode_image(images).cpu())
-            labels.append(y.cpu())
-        return torch.cat(feats).double().numpy(), torch.cat(labels).numpy()
-
     def train(self) -> None:
         """Fit every task's classifier, save it, then evaluate like any trainer."""
         self.set_model_mode("eval")
@@ -131,8 +121,8 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
         loader = build_data_loader(cfg, sampler_type="SequentialSampler", data_source=self.dm.dataset.train_x,
                                    batch_size=cfg.DATALOADER.TEST.BATCH_SIZE,
                                    tfm=build_transform(cfg, is_train=False), is_train=False)
-        x, y = self.features(loader)
-        x_val, y_val = self.features(self.val_loader) if self.val_loader is not None else (None, None)
+        x, y = self.features(loader, "train")
+        x_val, y_val = self.features(self.val_loader, "val") if self.val_loader is not None else (None, None)
         info, head = self.task_info, self.model.head
         for t, (lo, hi) in enumerate(zip(info.offsets[:-1], info.offsets[1:])):
             own = (y >= lo) & (y < hi)
@@ -150,14 +140,20 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
         print("Finish training")  # what log parsers (CoOp's parse_test_res.py) look for
         self.test()
 
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.head.logits(self.model.encode_image(images))
+    def features(self, loader, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised image features ``(N, D)`` and global labels ``(N,)``, through the cache."""
+        feats, labels = self.split_features(loader, split)
+        return feats.double().numpy(), labels.numpy()
+
+    def feature_logits(self, u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model.head.logits(u)
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:
         split = split or self.cfg.TEST.SPLIT
         if split == "val" and self.val_loader is None:
             split = "test"
-        result = TrainerX.test(self, split)  # Dassl's loop; no text features to cache
+        self.set_model_mode("eval")
+        result = self.evaluate(split)  # no text features to cache
         self.write_results(split)
         return result

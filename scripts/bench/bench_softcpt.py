@@ -2,6 +2,7 @@
 
     python scripts/bench/bench_softcpt.py                       # RN50 and ViT-B/16, CPU defaults
     python scripts/bench/bench_softcpt.py --scale 1 --batch-size 32 --device cuda --prec fp16
+    python scripts/bench/bench_softcpt.py --eval-cache --backbones ViT-B/16 --batch-size 32
 
 Full-size CLIP architectures with random weights (no download), a multi-task
 set-up with General-10's class counts times ``--scale``, and a synthetic batch
@@ -16,6 +17,12 @@ For every backbone it prints:
   (CLS_SAMPLE_RATE, not exact) for reference;
 * evaluation time over ``--eval-batches`` test batches: class features
   recomputed for every batch (naive) against once per evaluation (CACHE_EVAL_TEXT).
+
+With ``--eval-cache`` it instead measures the image-feature cache (TEST.FEATURE_CACHE):
+zero-shot CLIP evaluates a synthetic test set of ``--eval-images`` JPEGs (224 px,
+random-weight ``--backbones``, the real data pipeline) twice, each time with a freshly
+built trainer sharing one cache folder, as two runs of a sweep do: the first encodes
+and stores the features, the second reads them and encodes no image (counted).
 
 Peak memory is what the step allocates on top of the model: torch's counter on
 CUDA, and on CPU the largest total size of tensor storages alive at once while
@@ -44,7 +51,8 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, REPO)
 
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.backbone import load_clip  # noqa: E402
@@ -225,6 +233,84 @@ def bench_backbone(name: str, args: argparse.Namespace, device: torch.device) ->
         print(f"{label:<42}{t:>10.3f}{times[0] / t:>9.2f}x")
 
 
+def write_eval_benchmark(root: str, images: int) -> str:
+    """Four image-folder tasks of four classes (noise JPEGs, 256 px), ~``images`` of them for
+    test; returns the dataset config file."""
+    from PIL import Image
+    per_class = max(2, math.ceil(images / 16 / 0.7))  # SPLIT_RATIOS below: 70% test
+    rng = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(4):
+        for c in range(4):
+            folder = os.path.join(root, f"task{t}", f"class{c}")
+            os.makedirs(folder, exist_ok=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (256, 256, 3), generator=rng, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(os.path.join(folder, f"{i:03d}.jpg"))
+        tasks.append(f"      - KEY: task{t}\n        NAME: task {t}\n"
+                     f"        IMAGE_FOLDER: {{DIR: task{t}, SPLIT_RATIOS: [0.2, 0.1, 0.7]}}\n")
+    path = os.path.join(root, "bench.yaml")
+    with open(path, "w") as f:
+        f.write('DATASET:\n  NAME: "MultiTask"\n  MULTITASK:\n    TASKS:\n' + "".join(tasks))
+    return path
+
+
+def bench_eval_cache(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    """Zero-shot CLIP evaluates one test set twice through one feature-cache folder."""
+    import contextlib
+    import tempfile
+
+    from dassl.engine import build_trainer
+    from dassl.utils import set_random_seed
+
+    import datasets  # noqa: F401  (registers the datasets)
+    import train
+    from trainers import feature_cache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset_cfg = write_eval_benchmark(tmp, args.eval_images)
+        os.makedirs(os.path.join(tmp, "output"))
+        cfg = train.setup_cfg(train.build_parser().parse_args([
+            "--root", tmp, "--seed", "1", "--trainer", "ZeroshotCLIP", "--backbone", name,
+            "--dataset-config-file", dataset_cfg,
+            "--config-file", os.path.join(REPO, "configs/trainers/ZeroshotCLIP/vit_b16_ep50.yaml"),
+            "--output-dir", os.path.join(tmp, "output"),
+            "MODEL.BACKBONE.PRETRAINED", "False", "TRAINER.ZSCLIP.PREC", args.prec,
+            "USE_CUDA", str(device.type == "cuda"), "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.TEST.BATCH_SIZE", str(args.batch_size),
+            "TEST.FEATURE_CACHE_DIR", os.path.join(tmp, "features")]))
+        rows = []
+        for run in ("first run (encodes, stores)", "second run (reads)"):
+            quiet = open(os.devnull, "w")
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                set_random_seed(1)  # the same random weights in both runs, as a sweep has
+                trainer = build_trainer(cfg)  # a fresh model: nothing memoised in between
+                encoded: list[int] = []
+                trainer.model.image_encoder.register_forward_hook(
+                    lambda _m, inputs, _o: encoded.append(len(inputs[0])))
+                start_wall, start = time.perf_counter(), clock(device)
+                score = trainer.test()
+                seconds, wall = clock(device) - start, time.perf_counter() - start_wall
+            quiet.close()
+            rows.append((run, seconds, wall, sum(encoded), score))
+        n = len(trainer.dm.dataset.test)
+        visual = trainer.model.image_encoder
+        start = time.perf_counter()
+        object.__setattr__(visual, feature_cache._FINGERPRINT_ATTR, None)
+        feature_cache.weights_fingerprint(visual)
+        hash_s = time.perf_counter() - start
+        size = sum(os.path.getsize(os.path.join(tmp, "features", f))
+                   for f in os.listdir(os.path.join(tmp, "features")))
+    print(f"\n## image-feature cache: {name} (random weights), {n} test images at 224 px, "
+          f"batch {args.batch_size}, {args.prec}, {device}")
+    print(f"{'evaluation of the test set':<32}{'time (s)':>10}{'wall (s)':>10}{'images encoded':>16}"
+          f"{'score':>8}")
+    for run, seconds, wall, count, score in rows:
+        print(f"{run:<32}{seconds:>10.2f}{wall:>10.2f}{count:>16}{score:>8.2f}")
+    print(f"speed-up of the second run: {rows[0][1] / rows[1][1]:.1f}x; cache file {size / 2 ** 20:.2f} MiB; "
+          f"hashing the image encoder's weights (part of both runs): {hash_s:.2f} s wall")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbones", nargs="+", default=["RN50", "ViT-B/16"])
@@ -236,6 +322,9 @@ def main(argv=None) -> None:
     p.add_argument("--prec", default="fp32", choices=["fp32", "fp16"], help="fp16 needs CUDA")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--eval-cache", action="store_true",
+                   help="measure the image-feature cache instead: one test set evaluated twice")
+    p.add_argument("--eval-images", type=int, default=200, help="about this many test images (--eval-cache)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -244,7 +333,10 @@ def main(argv=None) -> None:
           + ("wall seconds" if device.type == "cuda" else "CPU seconds of this process")
           + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
     for name in args.backbones:
-        bench_backbone(name, args, device)
+        if args.eval_cache:
+            bench_eval_cache(name, args, device)
+        else:
+            bench_backbone(name, args, device)
 
 
 if __name__ == "__main__":
