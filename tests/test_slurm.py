@@ -1,4 +1,5 @@
-"""LAUNCHER=slurm on a real single-node Slurm (scripts/slurm/local_cluster.sh).
+"""LAUNCHER=slurm: against stand-ins for sbatch and squeue, then on a real single-node
+Slurm (scripts/slurm/local_cluster.sh).
 
 The cluster needs root and Debian's slurmctld, slurmd, slurm-client and munge
 packages (.ci/run installs them when it runs as root); elsewhere these tests skip.
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -35,6 +37,105 @@ def _why_no_cluster() -> str:
     return ""
 
 
+# ---------------------------------------------------------------- stand-ins for sbatch and squeue
+# Enough to check what is submitted, and the task and table scripts, without a cluster.
+FAKE_SBATCH = """#!/bin/bash
+n=$(( $(cat "$STUB/next" 2>/dev/null || echo 100) + 1 )); echo "$n" > "$STUB/next"
+printf '%s\\n' "$*" >> "$STUB/sbatch.txt"
+echo "$n"
+"""
+FAKE_SQUEUE = """#!/bin/bash
+printf '%s\\n' "$*" >> "$STUB/squeue.txt"
+cat "$STUB/queue" 2>/dev/null
+exit "$(cat "$STUB/squeue_rc" 2>/dev/null || echo 0)"
+"""
+FAKE_PYTHON = """#!/bin/bash
+if [ "$1" != train.py ]; then exec {python} "$@"; fi
+while [ $# -gt 0 ]; do case "$1" in --output-dir) out=$2 ;; esac; shift; done
+mkdir -p "$out"; echo "training $out"
+echo '{{"score": 50.0, "trainer": "CoOp", "tasks": []}}' > "$out/results.json"; touch "$out/done"
+"""
+
+
+@pytest.fixture
+def stub(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE),
+                       ("python", FAKE_PYTHON.format(python=sys.executable))):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STUB=str(tmp_path), LAUNCHER="slurm",
+               PYTHON=str(bin_dir / "python"), OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"),
+               SHOTS="1 2", SEEDS="1 2", SKIP_SETUP="1")
+    for key in ("GPUS", "JOBS", "SLURM_ARGS", "SLURM_TABLE_ARGS"):
+        env.pop(key, None)
+    return env
+
+
+def _coop(env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/coop/main.sh", "toy", "tiny", "CA"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _lines(path) -> list[str]:
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_slurm_args_throttle_table_job_and_task_script(stub, tmp_path):
+    stub.update(SLURM_ARGS="-p gpu --gres=gpu:1 -t 1:00:00 %3")
+    done = _coop(stub)
+    assert done.returncode == 0, done.stderr
+    array, table = _lines(tmp_path / "sbatch.txt")
+    cmds = glob.glob(str(tmp_path / "out" / "toy" / "slurm" / "*.cmds"))[0]
+    assert "--array=1-4%3 " in array and "--requeue" in array
+    assert array.endswith(f"-p gpu --gres=gpu:1 -t 1:00:00 scripts/slurm/task.sh {cmds}")
+    assert "--dependency=afterany:101 " in table and "-p gpu --gres=gpu:1 -t 1:00:00 scripts/slurm/table.sh" \
+        in table and "%3" not in table
+    assert table.endswith("scripts/coop/main.sh toy tiny CA")
+    assert "submitted 4 run(s) as Slurm job array 101" in done.stdout and "squeue -j 101,102" in done.stdout
+    assert len(_lines(cmds)) == 4
+    cell = tmp_path / "out" / "toy" / "CoOp" / "CA" / "tiny_2shots" / "seed1"
+    assert _lines(cell / "slurm_job") == ["101_3"]
+
+    # Task 3 as Slurm would start it: its cell, its log in its run folder.
+    task = subprocess.run(["bash", "scripts/slurm/task.sh", cmds], cwd=REPO, capture_output=True, text=True,
+                          env=dict(stub, SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_JOB_ID="101"), timeout=60)
+    assert task.returncode == 0 and (cell / "done").is_file()
+    assert f"training {cell}" in (cell / "slurm-101_3.out").read_text()
+    # The table job: the same sweep, reporting; nothing is submitted or run.
+    report = subprocess.run(["bash", f"{REPO}/scripts/slurm/table.sh", f"{REPO}/scripts/coop/main.sh", "toy", "tiny",
+                             "CA"], cwd=tmp_path, env=stub, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 1 and len(_lines(tmp_path / "sbatch.txt")) == 2
+    assert "1 run(s) finished, 0 still queued or running, 3 failed." in report.stdout
+    assert "tiny_1shots/seed1 (Slurm job 101_1 never started" in report.stderr
+
+    stub.update(SLURM_TABLE_ARGS="-p cpu")
+    (tmp_path / "queue").write_text("101_1\n101_2\n")  # still in Slurm; 101_4 is not
+    again = _coop(stub)
+    assert again.returncode == 0, again.stderr
+    array, table = _lines(tmp_path / "sbatch.txt")[2:]
+    assert "--array=1-1%3 " in array and "--dependency=afterany:103:101 " in table
+    assert table.split(" scripts/slurm/table.sh")[0].endswith("-p cpu")
+    assert again.stdout.count("[sweep] queued") == 2 and again.stdout.count("[sweep] submit ") == 1
+    assert "[sweep] skip" in again.stdout and _lines(cell.parent.parent / "tiny_2shots" / "seed2" /
+                                                     "slurm_job") == ["103_1"]
+
+
+def test_slurm_refuses_to_guess_when_squeue_fails(stub, tmp_path):
+    assert _coop(stub).returncode == 0
+    (tmp_path / "squeue_rc").write_text("1")
+    (tmp_path / "queue").write_text("slurm_load_jobs error: Unable to contact slurm controller\n")
+    done = _coop(stub)
+    assert done.returncode == 1 and "cannot ask Slurm whether job 101 is still queued" in done.stderr
+    assert len(_lines(tmp_path / "sbatch.txt")) == 2  # nothing submitted twice
+    (tmp_path / "queue").write_text("slurm_load_jobs error: Invalid job id specified\n")  # forgotten: ended
+    done = _coop(stub)
+    assert done.returncode == 0 and done.stdout.count("[sweep] submit ") == 4
+
+
+# ---------------------------------------------------------------- a real Slurm
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A running single-node Slurm; SLURM_CONF points at it while the module's tests run."""

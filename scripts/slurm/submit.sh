@@ -86,8 +86,9 @@ slurm_submit() {
             "again to submit what did not finish. Follow: squeue -j $(IFS=,; echo "${_SLURM_WAIT[*]}")"
         return 0
     fi
-    local args=() table_args=() throttle="" word
-    for word in $SLURM_ARGS; do
+    local args=() table_args=() words=() throttle="" word
+    read -ra words <<< "$SLURM_ARGS"
+    for word in "${words[@]+"${words[@]}"}"; do
         if [[ "$word" =~ ^%[0-9]+$ ]]; then throttle=$word; else args+=("$word"); fi
     done
     if [ -n "${SLURM_TABLE_ARGS+set}" ]; then
