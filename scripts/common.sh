@@ -154,7 +154,6 @@ sweep() {
     local dataset_cfg=configs/datasets/${BENCHMARK}.yaml trainer_cfg=${TRAINER_CONFIG_DIR}/${trainer}/${cfg}.yaml
     require_file "$dataset_cfg" "benchmark config"
     require_file "$trainer_cfg" "${trainer} config"
-    check_launcher
     SWEEP_JOB_NAME=${trainer}_${BENCHMARK}
     local shots seed item dir missing flags
     for shots in $SHOTS; do
@@ -215,4 +214,5 @@ _sweep_failures() {
     fi
 }
 
-check_python  # once, when a sweep script sources this file
+check_launcher  # once, when a sweep script sources this file
+check_python

@@ -50,6 +50,7 @@ cat "$STUB/queue" 2>/dev/null
 exit "$(cat "$STUB/squeue_rc" 2>/dev/null || echo 0)"
 """
 FAKE_PYTHON = """#!/bin/bash
+if [ "$1" = -c ] && [[ "$2" == *"sweep pre-flight"* ]]; then exit 0; fi  # every package is there
 if [ "$1" != train.py ]; then exec {python} "$@"; fi
 while [ $# -gt 0 ]; do case "$1" in --output-dir) out=$2 ;; esac; shift; done
 mkdir -p "$out"; echo "training $out"

@@ -24,6 +24,11 @@ _SLURM_WAIT=()     # the array jobs of those
 declare -A _SLURM_ACTIVE=()  # array job id -> " its queued or running tasks "
 
 slurm_setup() {
+    if [ -n "$GPUS" ] || [ "$JOBS" != 1 ]; then
+        echo "[sweep] error: GPUS and JOBS are for LAUNCHER=local; on Slurm ask for GPUs in" \
+            "SLURM_ARGS (e.g. --gres=gpu:1) and throttle with %N" >&2
+        exit 2
+    fi
     local tool
     for tool in sbatch squeue; do
         if ! command -v "$tool" >/dev/null; then
@@ -31,11 +36,6 @@ slurm_setup() {
             exit 2
         fi
     done
-    if [ -n "$GPUS" ] || [ "$JOBS" != 1 ]; then
-        echo "[sweep] error: GPUS and JOBS are for LAUNCHER=local; on Slurm ask for GPUs in" \
-            "SLURM_ARGS (e.g. --gres=gpu:1) and throttle with %N" >&2
-        exit 2
-    fi
 }
 
 # slurm_add DIR COMMAND...: queue the cell for submission, unless its task is still in Slurm.
