@@ -2,38 +2,51 @@
 # repository root. Not meant to be run on its own.
 #
 # Environment (all optional):
-#   DATA    dataset root, $DATA of CoOp's DATASETS.md           (default ./data)
-#   OUTPUT  where run folders go                                (default output)
-#   SHOTS   shots per class to sweep, e.g. "16"                 (default: the script's)
-#   SEEDS   seeds to sweep, e.g. "1"                            (default: the script's)
-#   PYTHON  the interpreter                                     (default python)
+#   DATA      dataset root, $DATA of CoOp's DATASETS.md         (default ./data)
+#   OUTPUT    where run folders go                              (default output)
+#   SHOTS     shots per class to sweep, e.g. "16"               (default: the script's)
+#   SEEDS     seeds to sweep, e.g. "1"                          (default: the script's)
+#   PYTHON    the interpreter                                   (default python)
+#   GPUS      e.g. "0 1 2 3": one run at a time on each listed GPU (CUDA_VISIBLE_DEVICES);
+#             list a GPU twice to run two on it
+#   JOBS      N runs at a time without choosing GPUs, e.g. on CPU (default 1)
+#   LAUNCHER  local (default) or slurm: submit the runs as a job array, see scripts/slurm/
+#   SLURM_ARGS, SLURM_TABLE_ARGS  sbatch options with LAUNCHER=slurm (README.md#running-on-several-gpus-or-a-cluster)
 #
 # A run folder is skipped only when it holds `done`, which train.py writes last.
 # A folder without it is run again with the same command: Dassl resumes from its
 # newest checkpoint there (prompt_learner/checkpoint), so an interrupted sweep
 # restarted with the same command loses nothing it finished. A run that fails is
-# reported at the end and the sweep goes on. Ctrl-C or SIGTERM stops the run in
-# progress and the sweep; starting the same command again resumes it.
+# reported at the end and the sweep goes on. Ctrl-C or SIGTERM stops the runs in
+# progress and the sweep; starting the same command again resumes it. With GPUS or
+# JOBS, each run's console output goes to console.txt in its folder.
 
 DATA=${DATA:-./data}
 OUTPUT=${OUTPUT:-output}
 PYTHON=${PYTHON:-python}
+LAUNCHER=${LAUNCHER:-local}
 # What runs a training and where trainer configs live; a script may change them after
 # sourcing this file (examples/my_trainer.sh runs a trainer kept outside trainers/).
 TRAIN_ENTRY=(train.py)
 TRAINER_CONFIG_DIR=configs/trainers
-SWEEP_FAILED=()
+SWEEP_FAILED=()  # indexed by cell, so that parallel runs list failures in sweep order
 SWEEP_FLAGS=()
 SWEEP_REQUIRES=()
 SWEEP_RAN=0
 SWEEP_SKIPPED=0
-_SWEEP_CHILD=""
+_SWEEP_CELL=0
+_SWEEP_CHILD=""  # the runs in progress (pids)
+# This script and its arguments, for the table job of LAUNCHER=slurm (scripts cd first).
+_SWEEP_ARGV=("$@")
+case "$0" in /*) _SWEEP_SCRIPT=$0 ;; *) _SWEEP_SCRIPT=${OLDPWD:-$PWD}/$0 ;; esac
+source scripts/parallel.sh
+source scripts/slurm/submit.sh
 
 _sweep_interrupted() {
     trap - INT TERM
     if [ -n "$_SWEEP_CHILD" ]; then
-        kill -TERM "$_SWEEP_CHILD" 2>/dev/null
-        wait "$_SWEEP_CHILD" 2>/dev/null
+        kill -TERM $_SWEEP_CHILD 2>/dev/null
+        wait $_SWEEP_CHILD 2>/dev/null
     fi
     echo "[sweep] interrupted: run the same command again to resume (finished runs are kept)." >&2
     exit 130
@@ -73,7 +86,18 @@ require_file() {
     fi
 }
 
-# run_once DIR TRAIN_ARGS...: python train.py --output-dir DIR TRAIN_ARGS, unless DIR/done exists.
+# check_launcher: stop before any run when LAUNCHER, GPUS or JOBS make no sense.
+check_launcher() {
+    case "$LAUNCHER" in
+        local) parallel_setup ;;
+        slurm) slurm_setup ;;
+        report) ;;  # what the table job of LAUNCHER=slurm runs
+        *) echo "[sweep] error: LAUNCHER is '$LAUNCHER'; allowed: local, slurm" >&2; exit 2 ;;
+    esac
+}
+
+# run_once DIR TRAIN_ARGS...: python train.py --output-dir DIR TRAIN_ARGS, unless DIR/done
+# exists; here, in the background on a free GPU / job slot, or in a Slurm job array.
 run_once() {
     local dir=$1
     shift
@@ -82,10 +106,23 @@ run_once() {
         SWEEP_SKIPPED=$((SWEEP_SKIPPED + 1))
         return 0
     fi
+    case "$LAUNCHER" in
+        slurm) slurm_add "$dir" "$PYTHON" "${TRAIN_ENTRY[@]}" --output-dir "$dir" "$@"; return 0 ;;
+        report) slurm_report "$dir"; return 0 ;;
+    esac
+    local device=""
+    if parallel_sweep; then
+        parallel_take_slot  # waits for one; sets PARALLEL_DEVICE
+        device=$PARALLEL_DEVICE
+    fi
     if [ -d "$dir" ]; then
-        echo "[sweep] resume $dir"
+        echo "[sweep] resume $dir${device:+ [GPU $device]}"
     else
-        echo "[sweep] run    $dir"
+        echo "[sweep] run    $dir${device:+ [GPU $device]}"
+    fi
+    if parallel_sweep; then
+        parallel_start "$dir" "$PYTHON" "${TRAIN_ENTRY[@]}" --output-dir "$dir" "$@"
+        return 0
     fi
     # In the background so that a signal to this script reaches the run (see the trap).
     "$PYTHON" "${TRAIN_ENTRY[@]}" --output-dir "$dir" "$@" &
@@ -93,11 +130,17 @@ run_once() {
     wait "$_SWEEP_CHILD"
     local rc=$?
     _SWEEP_CHILD=""
+    run_ended "$dir" "$rc"
+}
+
+# run_ended DIR EXIT_CODE: count the run, and list it as failed unless it wrote DIR/done.
+run_ended() {
+    local dir=$1 rc=$2
     SWEEP_RAN=$((SWEEP_RAN + 1))
     if [ "$rc" -ne 0 ]; then
-        SWEEP_FAILED+=("$dir (exit code $rc; see $dir/log.txt)")
+        SWEEP_FAILED[_SWEEP_CELL]="$dir (exit code $rc; see $dir/log.txt)"
     elif [ ! -f "$dir/done" ]; then
-        SWEEP_FAILED+=("$dir (exited without writing $dir/done)")
+        SWEEP_FAILED[_SWEEP_CELL]="$dir (exited without writing $dir/done)"
     fi
 }
 
@@ -111,9 +154,11 @@ sweep() {
     local dataset_cfg=configs/datasets/${BENCHMARK}.yaml trainer_cfg=${TRAINER_CONFIG_DIR}/${trainer}/${cfg}.yaml
     require_file "$dataset_cfg" "benchmark config"
     require_file "$trainer_cfg" "${trainer} config"
+    SWEEP_JOB_NAME=${trainer}_${BENCHMARK}
     local shots seed item dir missing flags
     for shots in $SHOTS; do
         for seed in $SEEDS; do
+            _SWEEP_CELL=$((_SWEEP_CELL + 1))
             dir=$(_fill "$pattern" "$shots" "$seed")
             missing=""
             for item in "${SWEEP_REQUIRES[@]+"${SWEEP_REQUIRES[@]}"}"; do
@@ -122,7 +167,7 @@ sweep() {
             done
             if [ -n "$missing" ]; then
                 echo "[sweep] cannot run $dir: $missing has not finished"
-                SWEEP_FAILED+=("$dir (needs the finished run $missing)")
+                SWEEP_FAILED[_SWEEP_CELL]="$dir (needs the finished run $missing)"
                 continue
             fi
             flags=()
@@ -134,6 +179,7 @@ sweep() {
                 "${flags[@]+"${flags[@]}"}" DATASET.NUM_SHOTS "$shots" "$@"
         done
     done
+    parallel_wait_all
 }
 
 _fill() {
@@ -142,11 +188,25 @@ _fill() {
 }
 
 # sweep_finish TABLE_ROOT: summary of the sweep, the results table, and exit 1 on failures.
+# With LAUNCHER=slurm, while runs are submitted or still queued, the table is left to the
+# table job (which runs this script with LAUNCHER=report).
 sweep_finish() {
-    echo "[sweep] ${SWEEP_RAN} run(s) ran, ${SWEEP_SKIPPED} skipped as finished, ${#SWEEP_FAILED[@]} failed."
+    if [ "$LAUNCHER" = slurm ] && slurm_submit "$1"; then
+        _sweep_failures
+        return 0
+    fi
+    if [ "$LAUNCHER" = report ]; then
+        slurm_summary
+    else
+        echo "[sweep] ${SWEEP_RAN} run(s) ran, ${SWEEP_SKIPPED} skipped as finished, ${#SWEEP_FAILED[@]} failed."
+    fi
     if [ -d "$1" ]; then
         "$PYTHON" scripts/results.py "$1"
     fi
+    _sweep_failures
+}
+
+_sweep_failures() {
     if [ "${#SWEEP_FAILED[@]}" -gt 0 ]; then
         echo "[sweep] failed runs (fix, then run the same command again to redo only these):" >&2
         printf '  %s\n' "${SWEEP_FAILED[@]}" >&2
@@ -154,4 +214,5 @@ sweep_finish() {
     fi
 }
 
-check_python  # once, when a sweep script sources this file
+check_launcher  # once, when a sweep script sources this file
+check_python

@@ -1,0 +1,168 @@
+"""GPUS / JOBS: several runs of a sweep at a time on one machine.
+
+Slots, devices, failures and interruption run against a stand-in for ``python
+train.py`` that records its environment; the last test compares real runs of
+JOBS=2 with a serial sweep.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="Dassl is not installed")
+
+# Records the devices and thread count it was given, sleeps $SLEEP (only for $SLOW_SHOTS
+# shots when set), fails for $FAIL_SEED,
+# and otherwise writes what a finished run leaves.
+FAKE_PYTHON = """#!/bin/bash
+if [ "$1" = -c ] && [[ "$2" == *"sweep pre-flight"* ]]; then exit 0; fi  # every package is there
+if [ "$1" != train.py ]; then exec {python} "$@"; fi
+while [ $# -gt 0 ]; do
+    case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; DATASET.NUM_SHOTS) shots=$2 ;; esac
+    shift
+done
+mkdir -p "$out"  # train.py's first act, as Dassl opens log.txt there
+echo "$out gpu=${{CUDA_VISIBLE_DEVICES:-none}} threads=${{OMP_NUM_THREADS:-none}} start=$(date +%s.%N)" >> "$CALLS"
+echo "console of $out"
+if [ -z "${{SLOW_SHOTS:-}}" ] || [ "$shots" = "$SLOW_SHOTS" ]; then sleep "${{SLEEP:-0}}"; fi
+if [ "$seed" = "$FAIL_SEED" ]; then echo "boom" >&2; exit 3; fi
+echo '{{"score": 50.0, "trainer": "CoOp", "seed": '$seed', "tasks": []}}' > "$out/results.json"
+touch "$out/done"
+"""
+
+
+@pytest.fixture
+def fake_env(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), CALLS=str(tmp_path / "calls.txt"), FAIL_SEED="", SLEEP="0",
+               OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SKIP_SETUP="1",
+               SHOTS="1 4", SEEDS="1 2 3")
+    for key in ("GPUS", "JOBS", "OMP_NUM_THREADS", "LAUNCHER"):
+        env.pop(key, None)
+    return env
+
+
+def sweep(env, *args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/coop/main.sh", "toy", "tiny", "CA", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def calls(env) -> list[list[str]]:
+    with open(env["CALLS"]) as f:
+        return [line.split() for line in f.read().splitlines()]
+
+
+def test_gpus_run_one_at_a_time_per_listed_device(fake_env):
+    fake_env.update(GPUS="0 1", SLEEP="0.5")
+    done = sweep(fake_env)
+    assert done.returncode == 0, done.stderr
+    runs = calls(fake_env)
+    assert len(runs) == 6
+    assert {r[1] for r in runs} == {"gpu=0", "gpu=1"}
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert all(r[2] == f"threads={threads}" for r in runs)
+    # Never two at once on a GPU: each run on a device starts after the one before it ended.
+    for gpu in ("gpu=0", "gpu=1"):
+        starts = sorted(float(r[3].split("=")[1]) for r in runs if r[1] == gpu)
+        assert all(b - a >= 0.5 for a, b in zip(starts, starts[1:]))
+    assert done.stdout.count("[sweep] ended") == 6 and "[GPU 1]" in done.stdout
+    first = os.path.join(fake_env["OUTPUT"], "toy", "CoOp", "CA", "tiny_1shots", "seed1")
+    with open(os.path.join(first, "console.txt")) as f:
+        assert f.read() == f"console of {first}\n"
+    assert "(3/3 seeds)" not in done.stdout and "| CoOp/CA | tiny |" in done.stdout
+
+    again = sweep(fake_env)  # all done: skipped, as in a serial sweep
+    assert again.returncode == 0 and "0 run(s) ran, 6 skipped as finished, 0 failed" in again.stdout
+    assert len(calls(fake_env)) == 6
+
+
+def test_jobs_failures_and_table_match_a_serial_sweep(fake_env, tmp_path):
+    fake_env.update(FAIL_SEED="2")
+    serial = sweep(fake_env)
+    # All at once, the 1-shot runs slower: 4 shots seed 2 fails first but is listed second.
+    parallel = sweep(dict(fake_env, JOBS="6", OUTPUT=str(tmp_path / "par"), SLEEP="1", SLOW_SHOTS="1"))
+    assert serial.returncode == parallel.returncode == 1
+    assert "6 run(s) ran, 0 skipped as finished, 2 failed." in parallel.stdout
+    ended = [line for line in parallel.stdout.splitlines() if line.startswith("[sweep] ended")]
+    order = [i for i, line in enumerate(ended) if "seed2 (exit code 3)" in line]
+    assert "4shots" in ended[order[0]] and "1shots" in ended[order[1]]
+    par = str(tmp_path / "par")
+    failed = serial.stderr[serial.stderr.index("[sweep] failed runs"):]
+    assert failed.count("exit code 3") == 2
+    assert parallel.stderr.replace(par, fake_env["OUTPUT"]) == failed  # same list, same order
+    table = serial.stdout[serial.stdout.index("## toy"):]
+    assert parallel.stdout[parallel.stdout.index("## toy"):].replace(par, fake_env["OUTPUT"]) == table
+    assert all(r[1] == "gpu=none" for r in calls(fake_env))
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JOBS": "two"}, "JOBS is 'two'"),
+    ({"JOBS": "0"}, "JOBS is '0'"),
+    ({"GPUS": "0 1", "JOBS": "2"}, "set GPUS (one run per listed GPU) or JOBS, not both"),
+    ({"LAUNCHER": "pbs"}, "LAUNCHER is 'pbs'; allowed: local, slurm"),
+    ({"LAUNCHER": "slurm", "GPUS": "0"}, "GPUS and JOBS are for LAUNCHER=local"),
+])
+def test_bad_parallel_settings_stop_before_any_run(fake_env, env, message):
+    done = sweep(dict(fake_env, **env))
+    assert done.returncode == 2 and message in done.stderr
+    assert not os.path.exists(fake_env["CALLS"])
+
+
+def test_sigterm_stops_every_run_in_progress(fake_env):
+    fake_env.update(JOBS="2", SLEEP="60")
+    proc = subprocess.Popen(["bash", "scripts/coop/main.sh", "toy", "tiny", "CA"], cwd=REPO, env=fake_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (os.path.exists(fake_env["CALLS"]) and len(calls(fake_env)) == 2):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    runs = [r[0] for r in calls(fake_env)]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 130
+    assert "[sweep] interrupted" in proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert not any(run.encode() in f.read() for run in runs), "a run outlived the sweep"
+        except OSError:
+            pass
+    assert len(calls(fake_env)) == 2  # no run started after the signal
+
+
+# ---------------------------------------------------------------- real runs
+@needs_dassl
+def test_jobs_2_gives_the_results_and_table_of_a_serial_sweep(tmp_path):
+    # One thread per run in both, so that the arithmetic (and so every score) is the same.
+    env = dict(os.environ, DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1 2", SKIP_SETUP="1",
+               OMP_NUM_THREADS="1", PYTHON=os.environ.get("PYTHON", "python3"))
+    for key in ("GPUS", "JOBS", "LAUNCHER"):
+        env.pop(key, None)
+    cmd = ["bash", "scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1"]
+    out = {}
+    for name, extra in (("serial", {}), ("jobs2", {"JOBS": "2"})):
+        done = subprocess.run(cmd, cwd=REPO, env=dict(env, OUTPUT=str(tmp_path / name), **extra),
+                              capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[name] = done.stdout
+    assert out["jobs2"].count("[sweep] ended") == 2
+    assert out["jobs2"][out["jobs2"].index("## toy"):].replace(str(tmp_path / "jobs2"), "OUT") == \
+        out["serial"][out["serial"].index("## toy"):].replace(str(tmp_path / "serial"), "OUT")
+    for seed in (1, 2):
+        reports = []
+        for name in ("serial", "jobs2"):
+            path = tmp_path / name / "toy" / "SoftCPT" / "NATA" / "tiny_1shots" / f"seed{seed}" / "results.json"
+            report = json.loads(path.read_text())
+            reports.append((report["score"], report["tasks"]))
+        assert reports[0] == reports[1]
