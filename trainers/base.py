@@ -238,11 +238,12 @@ class MultiTaskPromptTrainer(TrainerX):
         Damaged files are skipped with a warning naming them; the random states
         are restored, so the run goes on exactly as it would have uninterrupted.
         """
+        for folder in [directory] + [osp.join(directory, n) for n in self.get_model_names()]:
+            for path in remove_stale_temps(folder):
+                logger.info("Removed %s, left by an interrupted write.", path)
         found = {}
         for name in self.get_model_names():
             folder = osp.join(directory, name)
-            for path in remove_stale_temps(folder):
-                logger.info("Removed %s, left by an interrupted write.", path)
             hit = ckpt_io.newest_loadable(folder, self.device) if osp.isdir(folder) else None
             if hit is None:
                 if osp.isdir(folder):
