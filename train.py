@@ -18,7 +18,9 @@ import argparse
 import difflib
 import logging
 import os.path as osp
+import signal
 import sys
+import threading
 import traceback
 from typing import Optional, Sequence
 
@@ -47,6 +49,19 @@ from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_log
 
 class ConfigError(ValueError):
     """A config file or command-line option names a key or value that does not exist."""
+
+
+class Stopped(BaseException):
+    """SIGTERM (Ctrl-C in a sweep, a job scheduler's time limit): leave the log a last line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}: run the same command again "
+                         "to resume from the last checkpoint")
+        self.code = 128 + signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
 
 
 # Errors whose message says what to fix: printed as `error: ...`, without a traceback.
@@ -187,17 +202,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     stdout = sys.stdout
     log = open_run_log(cfg.OUTPUT_DIR)  # tees stdout into OUTPUT_DIR/log.txt (appends)
     setup_logging()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:
         run(cfg, args)
-    except USER_ERRORS as err:  # the console gets it from __main__, the log here
+    except (*USER_ERRORS, Stopped) as err:  # the console gets it from __main__, the log here
         if log is not None:
-            log.record(f"error: {err}")
+            log.record(str(err) if isinstance(err, Stopped) else f"error: {err}")
         raise
     except BaseException:
         if log is not None:
             log.record(traceback.format_exc())
         raise
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         restore_stdout(stdout)
 
 
@@ -225,3 +244,6 @@ if __name__ == "__main__":
         main()
     except USER_ERRORS as err:  # messages that say what to fix: no traceback
         sys.exit(f"error: {err}")
+    except Stopped as err:
+        print(err, file=sys.stderr)
+        sys.exit(err.code)

@@ -2,7 +2,6 @@
 that name the file and the choices; resume that skips damaged files."""
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
@@ -16,6 +15,7 @@ from dassl.engine import TrainerBase  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.base import MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead  # noqa: E402
 from trainers.checkpoint import CheckpointError  # noqa: E402
+from trainers.logs import setup_logging  # noqa: E402
 from trainers.prompt import PromptBuilder, init_context  # noqa: E402
 
 INFO = TaskInfo(("a", "b"), ("colour", "shape"), (("red", "blue"), ("circle",)),
@@ -115,7 +115,7 @@ def test_a_checkpoint_of_another_variant_or_trainer_says_which(tiny_clip, tmp_pa
         assert f"was saved by trainer SoftCPT, variant NATA; this run is {asked}:" in str(err.value)
 
 
-def test_resume_skips_damaged_files_with_warnings_and_restores_random_states(tiny_clip, tmp_path, caplog):
+def test_resume_skips_damaged_files_with_warnings_and_restores_random_states(tiny_clip, tmp_path, capsys):
     trainer = bare_trainer(tiny_clip, INFO)
     states = []
     for epoch in range(3):
@@ -126,9 +126,9 @@ def test_resume_skips_damaged_files_with_warnings_and_restores_random_states(tin
     (folder / "model.pth.tar-3").write_bytes(b"")  # killed during an in-place write
     (folder / "checkpoint").write_text("")
     resumed = bare_trainer(tiny_clip, INFO)
-    with caplog.at_level(logging.WARNING, logger="trainers"):
-        assert resumed.resume_model_if_exist(str(tmp_path)) == 2
-    warnings = caplog.text
+    setup_logging()  # warnings go to stdout (and so to log.txt in a run)
+    assert resumed.resume_model_if_exist(str(tmp_path)) == 2
+    warnings = capsys.readouterr().out
     assert f"cannot read checkpoint {folder / 'model.pth.tar-3'}" in warnings
     assert f"{folder / 'checkpoint'} is empty" in warnings
     assert torch.equal(torch.get_rng_state(), states[1]) and resumed.resumed_from_epoch == 2
