@@ -324,9 +324,11 @@ class MultiTaskPromptTrainer(TrainerX):
                 raise CheckpointError(f"{path}: {key!r} holds one context per task and was trained on "
                                       f"tasks {ckpt.get('task_keys')}, not {list(self.task_info.keys)}.")
             if value.shape != own_state[key].shape:
+                unknown = "" if saved["trainer"] else (" (and the trainer and variant, which this "
+                                                       "older checkpoint does not record)")
                 raise CheckpointError(f"{path}: {key!r} has shape {tuple(value.shape)}, this model "
                                       f"needs {tuple(own_state[key].shape)}: check N_CTX and the "
-                                      "backbone.")
+                                      f"backbone{unknown}.")
 
 
 def _who(identity: dict) -> str:

@@ -83,9 +83,10 @@ def read_checkpoint(path: str, device: torch.device) -> dict:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no detail'}): the file is "
-                              f"truncated or not a checkpoint; {describe_saved(osp.dirname(path))}.") from None
+        detail = (str(err).strip().splitlines() or ["no detail"])[0].split(". ")[0]  # torch's are long
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {detail}): the "
+                              f"file is truncated or not a checkpoint; "
+                              f"{describe_saved(osp.dirname(path))}.") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no state_dict/epoch).")
     return ckpt
