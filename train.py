@@ -6,8 +6,11 @@
         --output-dir output/toy/SoftCPT/seed1 [KEY VALUE ...]
 
 Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), an unknown
-config key or trainer name fails with the valid choices, and a finished run
-leaves a ``done`` marker in its output directory, written last.
+config key or trainer name fails with the valid choices, a finished run leaves a
+``done`` marker in its output directory, written last, every attempt of a run
+(and the error that ends one) goes to the same ``log.txt``, and ``--eval-only``
+never writes into a training run's folder or into ``./output`` unasked: its
+results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ import argparse
 import difflib
 import logging
 import os.path as osp
+import signal
 import sys
+import threading
+import traceback
 from typing import Optional, Sequence
 
 logger = logging.getLogger("train")
@@ -30,16 +36,37 @@ except ImportError as err:  # pragma: no cover - exercised by hand
 import torch  # noqa: E402
 from dassl.config import get_cfg_default  # noqa: E402
 from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: E402
-from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa: E402
+from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
 
 import datasets  # noqa: E402,F401  (registers the datasets)
 import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
+from datasets.errors import DatasetError  # noqa: E402
+from trainers.atomic import atomic_write  # noqa: E402
+from trainers.checkpoint import CheckpointError  # noqa: E402
 from trainers.config import extend_cfg  # noqa: E402
-from trainers.logs import restore_stdout, setup_logging  # noqa: E402
+from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
 
 
 class ConfigError(ValueError):
     """A config file or command-line option names a key or value that does not exist."""
+
+
+class Stopped(BaseException):
+    """SIGTERM (Ctrl-C in a sweep, a job scheduler's time limit): leave the log a last line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}: run the same command again "
+                         "to resume from the last checkpoint")
+        self.code = 128 + signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+# Errors whose message says what to fix: printed as `error: ...`, without a traceback.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+HEAD_FOLDER = "prompt_learner"  # where a training run keeps its checkpoints (trainers/base.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,8 +136,33 @@ def setup_cfg(args: argparse.Namespace):
     if args.config_file:  # recorded in results.json
         cfg.CONFIG_NAME = osp.splitext(osp.basename(args.config_file))[0]
     _merge(cfg, "command line", lambda: cfg.merge_from_list(args.opts or []))
+    if args.eval_only:
+        explicit = bool(args.output_dir) or "OUTPUT_DIR" in (args.opts or [])[::2]
+        cfg.OUTPUT_DIR = eval_output_dir(cfg.OUTPUT_DIR if explicit else "", args.model_dir,
+                                         args.load_epoch)
     cfg.freeze()
     return cfg
+
+
+def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> str:
+    """Where ``--eval-only`` writes: never a training run's folder, never ./output unasked.
+
+    No output folder, or one that holds a training run (the model folder
+    included): its ``eval_epoch<N>/`` (``eval_best/``, ``eval_last/``) sub-folder.
+    """
+    if not output_dir and not model_dir:
+        raise ConfigError("--eval-only needs --output-dir (where results.json goes) or --model-dir "
+                          "(then it writes into <model-dir>/eval_<epoch>/); it does not write into "
+                          "./output unasked.")
+    folder = output_dir or model_dir
+    same = model_dir and osp.realpath(folder) == osp.realpath(model_dir)
+    if not same and not osp.isdir(osp.join(folder, HEAD_FOLDER)):
+        return folder
+    if epoch is not None:
+        tag = f"epoch{epoch}"
+    else:
+        tag = "best" if osp.exists(osp.join(folder, HEAD_FOLDER, "model-best.pth.tar")) else "last"
+    return osp.join(folder, f"eval_{tag}")
 
 
 def check_trainer(name: str) -> None:
@@ -138,16 +190,33 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(cfg.dump())
         return
     args = build_parser().parse_args(argv)
-    cfg = setup_cfg(args)
-    check_trainer(cfg.TRAINER.NAME)
+    try:
+        cfg = setup_cfg(args)
+        check_trainer(cfg.TRAINER.NAME)
+    except ConfigError as err:  # before log.txt is open: add it there all the same
+        if not args.eval_only:  # (an eval's --output-dir may be a training run's folder)
+            append_to_log(args.output_dir, f"error: {err}")
+        raise
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
     stdout = sys.stdout
-    setup_logger(cfg.OUTPUT_DIR)  # tees stdout into OUTPUT_DIR/log.txt
+    log = open_run_log(cfg.OUTPUT_DIR)  # tees stdout into OUTPUT_DIR/log.txt (appends)
     setup_logging()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:
         run(cfg, args)
+    except (*USER_ERRORS, Stopped) as err:  # the console gets it from __main__, the log here
+        if log is not None:
+            log.record(str(err) if isinstance(err, Stopped) else f"error: {err}")
+        raise
+    except BaseException:
+        if log is not None:
+            log.record(traceback.format_exc())
+        raise
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         restore_stdout(stdout)
 
 
@@ -160,19 +229,21 @@ def run(cfg, args: argparse.Namespace) -> None:
 
     trainer = build_trainer(cfg)
     if args.eval_only:
+        print(f"Evaluation only: results go to {cfg.OUTPUT_DIR}")
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
     elif not args.no_train:
         trainer.train()
     if cfg.OUTPUT_DIR and (args.eval_only or not args.no_train):
         # Written last: a sweep skips a run only when this file exists.
-        with open(osp.join(cfg.OUTPUT_DIR, DONE_MARKER), "w") as f:
-            f.write("finished\n")
+        atomic_write(osp.join(cfg.OUTPUT_DIR, DONE_MARKER), "finished\n")
 
 
 if __name__ == "__main__":
-    from datasets.errors import DatasetError
     try:
         main()
-    except (ConfigError, DatasetError) as err:  # messages that say what to fix: no traceback
+    except USER_ERRORS as err:  # messages that say what to fix: no traceback
         sys.exit(f"error: {err}")
+    except Stopped as err:
+        print(err, file=sys.stderr)
+        sys.exit(err.code)

@@ -14,8 +14,8 @@
 #   SLURM_ARGS, SLURM_TABLE_ARGS  sbatch options with LAUNCHER=slurm (README.md#running-on-several-gpus-or-a-cluster)
 #
 # A run folder is skipped only when it holds `done`, which train.py writes last.
-# A folder without it is run again with the same command: Dassl resumes from its
-# newest checkpoint there (prompt_learner/checkpoint), so an interrupted sweep
+# A folder without it is run again with the same command: the trainer resumes from
+# its newest checkpoint there that loads (README.md#reliability), so an interrupted sweep
 # restarted with the same command loses nothing it finished. A run that fails is
 # reported at the end and the sweep goes on. Ctrl-C or SIGTERM stops the runs in
 # progress and the sweep; starting the same command again resumes it. With GPUS or
@@ -138,7 +138,12 @@ run_ended() {
     local dir=$1 rc=$2
     SWEEP_RAN=$((SWEEP_RAN + 1))
     if [ "$rc" -ne 0 ]; then
-        SWEEP_FAILED[_SWEEP_CELL]="$dir (exit code $rc; see $dir/log.txt)"
+        # train.py appends every attempt, and the error that ended it, to DIR/log.txt.
+        if [ -f "$dir/log.txt" ]; then
+            SWEEP_FAILED[_SWEEP_CELL]="$dir (exit code $rc; the error is at the end of $dir/log.txt)"
+        else
+            SWEEP_FAILED[_SWEEP_CELL]="$dir (exit code $rc; no log.txt was written: see the error printed above)"
+        fi
     elif [ ! -f "$dir/done" ]; then
         SWEEP_FAILED[_SWEEP_CELL]="$dir (exited without writing $dir/done)"
     fi
@@ -200,12 +205,18 @@ sweep_finish() {
     else
         echo "[sweep] ${SWEEP_RAN} run(s) ran, ${SWEEP_SKIPPED} skipped as finished, ${#SWEEP_FAILED[@]} failed."
     fi
+    local table_rc=0
     if [ -d "$1" ]; then
-        "$PYTHON" scripts/results.py "$1"
+        "$PYTHON" scripts/results.py "$1" || table_rc=$?
     fi
     _sweep_failures
+    if [ "$table_rc" -ne 0 ]; then
+        echo "[sweep] error: the table command (scripts/results.py $1) failed with exit code $table_rc." >&2
+        exit 1
+    fi
 }
 
+# _sweep_failures: list the failed runs and exit 1, if there are any.
 _sweep_failures() {
     if [ "${#SWEEP_FAILED[@]}" -gt 0 ]; then
         echo "[sweep] failed runs (fix, then run the same command again to redo only these):" >&2

@@ -21,7 +21,9 @@ tag folders) and config, one column per shot count: mean ± std over seeds
 (population std, as ``parse_test_res.py``). A cell with fewer seeds than the
 benchmark's runs use says so, e.g. ``61.20 ± 0.30 (2/3 seeds)``; a cell with no
 result says ``missing``. Zero-shot cells (0 shots) involve no sampling, so one
-seed is complete. Runs that exist without a result are listed by path.
+seed is complete. Runs that exist without a result are listed by path with the
+reason (no result yet, or an unreadable, empty or malformed ``results.json`` or
+log); one bad run never stops the table of the others.
 
 Writes ``table.md``, ``table.csv``, ``tasks.csv``, ``runs.csv`` and
 ``curves.png`` (accuracy against shots, one panel per benchmark) under
@@ -69,6 +71,11 @@ class Run:
     score: Optional[float]
     tasks: dict = field(default_factory=dict)  # task key -> score
     source: str = ""
+    reason: str = ""  # why there is no score
+
+
+class BadResult(ValueError):
+    """A result file that cannot be used; the message says why."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -85,12 +92,36 @@ def find_run_dirs(root: str) -> list[str]:
 
 
 def read_results_json(path: str) -> tuple[Optional[float], dict, dict]:
-    with open(path) as f:
-        report = json.load(f)
-    tasks = {t["key"]: t["score"] for t in report.get("tasks", [])}
+    """Score, per-task scores and run facts; BadResult when the file cannot be used."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadResult(f"cannot read it ({err})") from None
+    if not text.strip():
+        raise BadResult("it is empty (the run was stopped while writing it?)")
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadResult(f"it is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") \
+            from None
+    if not isinstance(report, dict):
+        raise BadResult(f"it holds a JSON {type(report).__name__}, not an object")
+    score = report.get("score")
+    if not _is_number(score):
+        raise BadResult(f"its 'score' is {score!r}, not a number")
+    entries = report.get("tasks", [])
+    if not isinstance(entries, list) or not all(
+            isinstance(t, dict) and "key" in t and _is_number(t.get("score")) for t in entries):
+        raise BadResult("its 'tasks' is not a list of {\"key\": ..., \"score\": number} objects")
+    tasks = {str(t["key"]): t["score"] for t in entries}
     meta = {"trainer": report.get("trainer"), "config": report.get("config"),
             "shots": report.get("shots"), "seed": report.get("seed")}
-    return report.get("score"), tasks, meta
+    return score, tasks, meta
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_log(path: str) -> tuple[Optional[float], dict, dict]:
@@ -121,19 +152,36 @@ def read_log(path: str) -> tuple[Optional[float], dict, dict]:
     return score, tasks, meta
 
 
-def read_run(run_dir: str) -> tuple[Optional[float], dict, dict, str]:
-    """results.json if present, else the newest log.txt* holding a result."""
+def read_run(run_dir: str) -> tuple[Optional[float], dict, dict, str, str]:
+    """(score, tasks, meta, source, reason): results.json if present, else the newest
+    log.txt* holding a result. A file that cannot be used gives score None and the reason."""
     path = os.path.join(run_dir, "results.json")
+    bad = ""
     if os.path.isfile(path):
-        return (*read_results_json(path), "results.json")
+        try:
+            return (*read_results_json(path), "results.json", "")
+        except BadResult as err:
+            bad = f"results.json: {err}"
     logs = sorted(glob.glob(os.path.join(run_dir, "log.txt*")), key=os.path.getmtime, reverse=True)
     meta: dict = {}
+    problems = []
     for log in logs:
-        score, tasks, log_meta = read_log(log)
+        try:
+            score, tasks, log_meta = read_log(log)
+        except (OSError, ValueError) as err:  # unreadable or unparsable: the others still count
+            problems.append(f"{os.path.basename(log)}: cannot parse it ({err})")
+            continue
         meta = meta or log_meta
-        if score is not None:
-            return score, tasks, log_meta, os.path.basename(log)
-    return None, {}, meta, ""
+        if score is not None and not bad:
+            return score, tasks, log_meta, os.path.basename(log), ""
+    if bad:  # its log may hold a result, but results.json is the run's record: do not guess
+        return None, {}, meta, "", bad
+    if problems:
+        return None, {}, meta, "", "; ".join(problems)
+    if logs:
+        return None, {}, meta, "", ("no results.json, and no result in its log: unfinished, or it "
+                                    f"failed (see the end of {os.path.basename(logs[0])})")
+    return None, {}, meta, "", "no results.json and no log.txt"
 
 
 def describe(run_dir: str, root: str, meta: dict,
@@ -186,14 +234,25 @@ def _guess_trainer_index(inner: list[str], below_root: int) -> int:
 
 
 def collect(roots: Iterable[str]) -> list[Run]:
-    found = [(root, run_dir, read_run(run_dir)) for root in roots for run_dir in find_run_dirs(root)]
-    recorded = {meta.get("trainer") for _, _, (_, _, meta, _) in found}
-    trainers = set(BUILTIN_TRAINERS) | (recorded - {None, ""})
+    found = [(root, run_dir, _read_run_safely(run_dir)) for root in roots for run_dir in find_run_dirs(root)]
+    recorded = {meta.get("trainer") for _, _, (_, _, meta, _, _) in found}
+    trainers = set(BUILTIN_TRAINERS) | {t for t in recorded if t and isinstance(t, str)}
     runs = []
-    for root, run_dir, (score, tasks, meta, source) in found:
-        bench, method, config, shots, seed = describe(run_dir, root, meta, trainers)
-        runs.append(Run(run_dir, bench, method, config, shots, seed, score, tasks, source))
+    for root, run_dir, (score, tasks, meta, source, reason) in found:
+        try:
+            bench, method, config, shots, seed = describe(run_dir, root, meta, trainers)
+        except Exception as err:  # noqa: BLE001 - an odd folder must not hide the others
+            bench, method, config, shots, seed = "(unplaced)", "unknown", "", 0, None
+            score, reason = None, reason or f"cannot tell its benchmark and method from the path ({err})"
+        runs.append(Run(run_dir, bench, method, config, shots, seed, score, tasks, source, reason))
     return runs
+
+
+def _read_run_safely(run_dir: str) -> tuple:
+    try:
+        return read_run(run_dir)
+    except Exception as err:  # noqa: BLE001 - one bad run never stops the table
+        return None, {}, {}, "", f"unexpected error while reading it: {type(err).__name__}: {err}"
 
 
 # ----------------------------------------------------------------------------- summarising
@@ -305,7 +364,7 @@ def markdown(table: dict, runs: list[Run]) -> str:
     failed = [r for r in runs if r.score is None]
     if failed:
         out.append("## Runs without a result\n")
-        out += [f"- {r.path}" for r in failed]
+        out += [f"- {r.path}: {r.reason}" if r.reason else f"- {r.path}" for r in failed]
         out.append("")
     return "\n".join(out)
 
@@ -365,10 +424,10 @@ def write_csv(table: dict, runs: list[Run], out: str) -> None:
                                     len(values), len(c.expected | set(c.scores))])
     with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["benchmark", "method", "config", "shots", "seed", "score", "source", "path"])
+        w.writerow(["benchmark", "method", "config", "shots", "seed", "score", "source", "path", "reason"])
         for r in runs:
             w.writerow([r.benchmark, r.method, r.config, r.shots, r.seed,
-                        "" if r.score is None else r.score, r.source, r.path])
+                        "" if r.score is None else r.score, r.source, r.path, r.reason])
 
 
 def plot(table: dict, path: str) -> bool:

@@ -1,5 +1,8 @@
-"""Learned-only checkpoints: save, load under torch.load's weights_only default."""
+"""Checkpoints: learned parameters only, under torch.load's weights_only default; load errors
+that name the file and the choices; resume that skips damaged files."""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from dassl.engine import TrainerBase  # noqa: E402
 
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.base import MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead  # noqa: E402
+from trainers.checkpoint import CheckpointError  # noqa: E402
+from trainers.logs import setup_logging  # noqa: E402
 from trainers.prompt import PromptBuilder, init_context  # noqa: E402
 
 INFO = TaskInfo(("a", "b"), ("colour", "shape"), (("red", "blue"), ("circle",)),
@@ -66,9 +71,81 @@ def test_per_task_context_refuses_other_tasks(tiny_clip, tmp_path):
         bare_trainer(tiny_clip, other).load_model(str(tmp_path), epoch=1)
 
 
-def test_shape_mismatch_and_missing_file_are_named(tiny_clip, tmp_path):
+def test_shape_mismatch_is_named(tiny_clip, tmp_path):
     bare_trainer(tiny_clip, INFO).save_model(0, str(tmp_path))
-    with pytest.raises(ValueError, match="'ctx' has shape"):
+    with pytest.raises(CheckpointError, match="'ctx' has shape"):
         bare_trainer(tiny_clip, INFO, n_ctx=2).load_model(str(tmp_path), epoch=1)
-    with pytest.raises(FileNotFoundError, match="model.pth.tar-9"):
-        bare_trainer(tiny_clip, INFO).load_model(str(tmp_path), epoch=9)
+
+
+def test_a_missing_epoch_lists_the_saved_epochs(tiny_clip, tmp_path):
+    trainer = bare_trainer(tiny_clip, INFO)
+    for epoch in (0, 1, 3):
+        trainer.save_model(epoch, str(tmp_path))
+    folder = tmp_path / "prompt_learner"
+    with pytest.raises(CheckpointError) as err:
+        bare_trainer(tiny_clip, INFO).load_model(str(tmp_path), epoch=7)
+    assert str(err.value).startswith(f"no checkpoint for epoch 7 (--load-epoch): saved epochs in "
+                                     f"{folder}: [1, 2, 4].")
+    with pytest.raises(CheckpointError, match="is --model-dir the output folder of a training run"):
+        bare_trainer(tiny_clip, INFO).load_model(str(tmp_path / "elsewhere"), epoch=1)
+
+
+def test_an_unreadable_checkpoint_is_named(tiny_clip, tmp_path):
+    bare_trainer(tiny_clip, INFO).save_model(0, str(tmp_path))
+    path = tmp_path / "prompt_learner" / "model.pth.tar-1"
+    path.write_bytes(path.read_bytes()[:2752])  # what an in-place write leaves when killed
+    with pytest.raises(CheckpointError) as err:
+        bare_trainer(tiny_clip, INFO).load_model(str(tmp_path), epoch=1)
+    assert str(err.value).startswith(f"cannot read checkpoint {path} (")
+    assert "the file is truncated or not a checkpoint" in str(err.value)
+
+
+def test_a_checkpoint_of_another_variant_or_trainer_says_which(tiny_clip, tmp_path):
+    saved = bare_trainer(tiny_clip, INFO)
+    saved.checkpoint_identity = lambda: {"trainer": "SoftCPT", "variant": "NATA"}
+    saved.save_model(0, str(tmp_path))
+    ckpt = torch.load(tmp_path / "prompt_learner" / "model.pth.tar-1", weights_only=True)
+    assert (ckpt["trainer"], ckpt["variant"]) == ("SoftCPT", "NATA")
+    for trainer, variant, asked in [("SoftCPT", "NATS", "trainer SoftCPT, variant NATS"),
+                                    ("CoOp", None, "trainer CoOp")]:
+        loading = bare_trainer(tiny_clip, INFO)
+        loading.checkpoint_identity = lambda t=trainer, v=variant: {"trainer": t, "variant": v}
+        with pytest.raises(CheckpointError) as err:
+            loading.load_model(str(tmp_path), epoch=1)
+        assert f"was saved by trainer SoftCPT, variant NATA; this run is {asked}:" in str(err.value)
+
+
+def test_resume_skips_damaged_files_with_warnings_and_restores_random_states(tiny_clip, tmp_path, capsys):
+    trainer = bare_trainer(tiny_clip, INFO)
+    states = []
+    for epoch in range(3):
+        torch.manual_seed(epoch)
+        states.append(torch.get_rng_state())
+        trainer.save_model(epoch, str(tmp_path))
+    folder = tmp_path / "prompt_learner"
+    (folder / "model.pth.tar-3").write_bytes(b"")  # killed during an in-place write
+    (folder / "checkpoint").write_text("")
+    resumed = bare_trainer(tiny_clip, INFO)
+    setup_logging()  # warnings go to stdout (and so to log.txt in a run)
+    assert resumed.resume_model_if_exist(str(tmp_path)) == 2
+    warnings = capsys.readouterr().out
+    assert f"cannot read checkpoint {folder / 'model.pth.tar-3'}" in warnings
+    assert f"{folder / 'checkpoint'} is empty" in warnings
+    assert torch.equal(torch.get_rng_state(), states[1]) and resumed.resumed_from_epoch == 2
+    for name in ("model.pth.tar-1", "model.pth.tar-2"):
+        (folder / name).write_bytes(b"junk")
+    fresh = bare_trainer(tiny_clip, INFO)
+    assert fresh.resume_model_if_exist(str(tmp_path)) == 0  # nothing loads: a fresh start
+
+
+def test_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from trainers import atomic
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def fail(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(atomic.os, "replace", fail)
+    with pytest.raises(OSError):
+        atomic.atomic_write(str(target), "new")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]  # no temp left

@@ -143,3 +143,59 @@ def test_command_line_defaults_and_errors(tree, tmp_path):
     empty.mkdir()
     assert results.main([str(empty)]) == 1
     assert results.main([str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("", "results.json: it is empty"),
+    ('{"score": 50.0, "tasks": [', "results.json: it is not valid JSON"),
+    ("[1, 2, 3]", "results.json: it holds a JSON list, not an object"),
+    ('{"score": "high"}', "results.json: its 'score' is 'high', not a number"),
+    ('{"score": 50.0, "tasks": [{"key": "a"}]}', "results.json: its 'tasks' is not a list"),
+    (b"\xff\xfe\x00garbage", "results.json: cannot read it"),
+])
+def test_a_broken_results_json_is_listed_with_its_reason_and_hides_nothing(tmp_path, content, reason):
+    toy = tmp_path / "toy"
+    for seed in (1, 2, 3):
+        write_ours(toy / "SoftCPT" / "NATA" / "tiny_1shots" / f"seed{seed}", 60.0 + seed, seed=seed)
+    bad = toy / "SoftCPT" / "NATA" / "tiny_1shots" / "seed4"
+    write_ours(bad, 0.0, seed=4)
+    (bad / "results.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+    done = subprocess.run([sys.executable, "scripts/results.py", str(toy), "--no-plot"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "62.00 ± 0.82 (3/4 seeds)" in done.stdout  # the three valid runs are all in the table
+    without = done.stdout.split("## Runs without a result")[1]
+    assert f"- {bad}: {reason}" in without
+    with open(toy / "summary" / "runs.csv") as f:
+        rows = {r["seed"]: r for r in csv.DictReader(f)}
+    assert rows["4"]["score"] == "" and rows["4"]["reason"].startswith(reason)
+
+
+def test_unparsable_logs_and_unfinished_runs_say_why(tmp_path, monkeypatch):
+    toy = tmp_path / "toy"
+    write_ours(toy / "CoOp" / "CA" / "tiny_1shots" / "seed1", 50.0, trainer="CoOp")
+    write_coop_log(toy / "CoOp" / "CA" / "tiny_1shots" / "seed2", None, seed=2)  # stopped mid-run
+    broken = toy / "CoOp" / "CA" / "tiny_1shots" / "seed3"
+    write_coop_log(broken, "55.0", seed=3)
+    real = results.read_log
+
+    def fail_on_seed3(path):
+        if "seed3" in path:
+            raise ValueError("bad line 7")
+        return real(path)
+    monkeypatch.setattr(results, "read_log", fail_on_seed3)
+    runs = {r.seed: r for r in results.collect([str(toy)])}
+    assert runs[1].score == 50.0
+    assert runs[2].score is None and "no result in its log" in runs[2].reason
+    assert runs[3].score is None and runs[3].reason == "log.txt: cannot parse it (bad line 7)"
+
+
+def test_sweep_exits_non_zero_when_its_table_command_fails(tmp_path):
+    script = tmp_path / "sweep.sh"
+    script.write_text(f"cd {REPO}\nsource scripts/common.sh\nsweep_finish {tmp_path}\n")
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/bash\necho 'table failed' >&2\nexit 4\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", str(script)], env=dict(os.environ, PYTHON=str(fake)),
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "scripts/results.py" in done.stderr

@@ -169,8 +169,9 @@ def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"[sweep] skip   {runs}/seed1" in resumed.stdout
     assert f"[sweep] resume {runs}/seed2" in resumed.stdout
-    log = next(p for p in (runs / "seed2").glob("log.txt-*"))  # Dassl's name for a second log
-    previous = [line for line in log.read_text().splitlines() if line.startswith("Previous epoch")]
+    log = (runs / "seed2" / "log.txt").read_text()  # every attempt appends to the same log.txt
+    assert "a new attempt of this run" in log and not list((runs / "seed2").glob("log.txt-*"))
+    previous = [line for line in log.splitlines() if line.startswith("Previous epoch")]
     assert previous and int(previous[0].split(":")[1]) >= 2  # continued, not restarted
     assert (runs / "seed1" / "results.json").read_bytes() == first
     assert json.loads((runs / "seed2" / "results.json").read_text())["epoch"] == 10

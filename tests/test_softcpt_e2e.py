@@ -12,6 +12,7 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 from fixtures_data import write_image_folder  # noqa: E402
 
 import train  # noqa: E402
+from trainers.checkpoint import CheckpointError  # noqa: E402
 
 TOY = "configs/datasets/toy.yaml"
 TINY = "configs/trainers/SoftCPT/tiny.yaml"
@@ -92,6 +93,32 @@ def test_eval_only_reproduces_the_run_with_speedups_on_and_off(data_root, traine
         assert without_run_info(again) == without_run_info(report)
 
 
+def test_eval_only_never_touches_the_training_runs_results(data_root, trained):
+    """--output-dir set to the training folder, or not given: <model-dir>/eval_epoch1/."""
+    out, _ = trained
+    before = (out / "results.json").read_bytes()
+    for output in (["--output-dir", str(out)], []):
+        train.main(["--root", data_root, "--seed", "1", "--trainer", "SoftCPT", "--dataset-config-file",
+                    TOY, "--config-file", TINY, "--eval-only", "--model-dir", str(out), "--load-epoch", "1",
+                    *output, "DATASET.NUM_SHOTS", "2", "TRAINER.SOFTCPT.VARIANT", "CSTS"])
+        with open(out / "eval_epoch1" / "results.json") as f:
+            assert json.load(f)["epoch"] == 1
+        assert (out / "eval_epoch1" / "done").is_file() and (out / "results.json").read_bytes() == before
+        os.remove(out / "eval_epoch1" / "results.json")
+    with pytest.raises(train.ConfigError, match="--eval-only needs --output-dir"):
+        train.main(["--eval-only", "--trainer", "SoftCPT"])
+
+
+def test_a_checkpoint_of_another_variant_says_which_variant_saved_it(data_root, trained, tmp_path):
+    out, _ = trained
+    with pytest.raises(CheckpointError) as err:
+        run(data_root, tmp_path / "x", "TRAINER.SOFTCPT.VARIANT", "NATS",
+            flags=("--eval-only", "--model-dir", str(out), "--load-epoch", "2"))
+    assert f"{out / 'prompt_learner' / 'model.pth.tar-2'} was saved by trainer SoftCPT, variant CSTS; " \
+           "this run is trainer SoftCPT, variant NATS:" in str(err.value)
+    assert "error: " + str(err.value) in (tmp_path / "x" / "log.txt").read_text()
+
+
 def test_per_class_context_does_not_load_into_other_classes(data_root, trained, user_yaml, tmp_path):
     out, _ = trained
     with pytest.raises(ValueError, match="holds one context per (task|class)"):
@@ -106,9 +133,9 @@ def test_user_benchmark_from_yaml_and_class_agnostic_transfer(data_root, user_ya
     assert report["tasks"][1]["metric"] == "mean_acc" and report["tasks"][1]["total"] > 0
     # A longer run in the same folder resumes from the per-epoch checkpoint (tiny.yaml).
     resumed = run(data_root, tmp_path / "user", "OPTIM.MAX_EPOCH", "2", dataset=user_yaml)
-    newest = max((tmp_path / "user").glob("log.txt*"), key=lambda p: p.stat().st_mtime_ns)
-    log = newest.read_text()  # Dassl writes a rerun's log to log.txt-<time>
+    log = (tmp_path / "user" / "log.txt").read_text()  # a rerun appends to the same log.txt
     assert resumed["epoch"] == 2 and "will resume training" in log and "epoch [1/2]" not in log
+    assert resumed["resumed_from_epoch"] == 1
     toy = tmp_path / "toy_nata"
     run(data_root, toy, "OPTIM.MAX_EPOCH", "1", "TEST.NO_TEST", "True", report=False)
     moved = run(data_root, tmp_path / "moved", dataset=user_yaml,

@@ -70,3 +70,63 @@ def test_a_warning_reaches_the_console_and_log_txt(tmp_path):
         sys.stdout = previous
     assert "WARNING: tiny backbone in use" in (tmp_path / "log.txt").read_text()
     assert "WARNING: tiny backbone in use" in console.getvalue()
+
+
+def test_a_checkpoint_error_is_a_message_in_the_console_and_log_txt(tmp_path, monkeypatch):
+    """As `python train.py` ends: `error: ...` listing the saved epochs (SystemExit with a
+    message: no traceback); log.txt has it too."""
+    import os
+    import runpy
+    model = tmp_path / "run" / "prompt_learner"
+    model.mkdir(parents=True)
+    for epoch in (1, 2):
+        (model / f"model.pth.tar-{epoch}").write_bytes(b"")
+    out = tmp_path / "eval"
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.setattr(sys, "argv", [
+        "train.py", "--root", str(tmp_path / "data"), "--trainer", "SoftCPT", "--dataset-config-file",
+        "configs/datasets/toy.yaml", "--config-file", "configs/trainers/SoftCPT/tiny.yaml", "--eval-only",
+        "--model-dir", str(tmp_path / "run"), "--load-epoch", "7", "--output-dir", str(out),
+        "DATASET.NUM_SHOTS", "1"])
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path("train.py", run_name="__main__")
+    message = f"error: no checkpoint for epoch 7 (--load-epoch): saved epochs in {model}: [1, 2]."
+    assert str(ended.value.code).startswith(message)
+    assert message in (out / "log.txt").read_text()
+
+
+def test_an_unexpected_error_keeps_its_traceback_in_log_txt(tmp_path, monkeypatch):
+    def broken(cfg):
+        raise RuntimeError("something nobody foresaw")
+    monkeypatch.setattr(train, "build_trainer", broken)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "log.txt").write_text("first attempt\n")
+    with pytest.raises(RuntimeError):
+        train.main(["--trainer", "SoftCPT", "--output-dir", str(out)])
+    log = (out / "log.txt").read_text()
+    assert log.startswith("first attempt\n") and "a new attempt of this run" in log
+    assert "Traceback" in log and "RuntimeError: something nobody foresaw" in log
+    assert not list(out.glob("log.txt-*"))
+
+
+def test_a_config_error_also_reaches_the_runs_log(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(train.ConfigError):
+        train.main(["--output-dir", str(out), "OPTIM.MAX_EPOCHS", "3"])
+    assert "error: command line: unknown config key 'OPTIM.MAX_EPOCHS'" in (out / "log.txt").read_text()
+
+
+def test_sigterm_leaves_a_last_line_in_log_txt(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    def terminated(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)  # what a sweep's Ctrl-C or a job time limit sends
+    monkeypatch.setattr(train, "build_trainer", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(train.Stopped) as err:
+        train.main(["--trainer", "SoftCPT", "--output-dir", str(tmp_path)])
+    assert err.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
+    assert (tmp_path / "log.txt").read_text().endswith(
+        "stopped by signal SIGTERM: run the same command again to resume from the last checkpoint\n")

@@ -18,14 +18,16 @@ import torch.nn.functional as F
 from dassl.engine import TrainerX
 from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
-from dassl.utils import save_checkpoint
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.task_info import TaskInfo, task_info_of
+from trainers import checkpoint as ckpt_io
 from trainers import feature_cache
+from trainers.atomic import atomic_write, remove_stale_temps
 from trainers.backbone import load_clip, resolve_precision
+from trainers.checkpoint import CheckpointError
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
 from trainers.text_encoder import TextEncoder
@@ -256,26 +258,91 @@ class MultiTaskPromptTrainer(TrainerX):
         report.update(trainer=cfg.TRAINER.NAME, dataset=cfg.DATASET.NAME, config=cfg.CONFIG_NAME,
                       backbone=cfg.MODEL.BACKBONE.NAME, shots=cfg.DATASET.NUM_SHOTS, seed=cfg.SEED,
                       split=split, epoch=self.epoch + 1 if self.epoch >= 0 else None,
-                      subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"))
+                      subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
+                      resumed_from_epoch=getattr(self, "resumed_from_epoch", None))
         name = "results.json" if split == "test" else f"results_{split}.json"
-        with open(osp.join(cfg.OUTPUT_DIR, name), "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write(osp.join(cfg.OUTPUT_DIR, name), json.dumps(report, indent=2))
 
     # ------------------------------------------------------------ checkpoints
+    def checkpoint_identity(self) -> dict:
+        """Who saved a checkpoint: the trainer and (SoftCPT) its variant, checked on load."""
+        cfg = getattr(self, "cfg", None)
+        if cfg is None:  # a bare trainer built without a config (tests)
+            return {"trainer": type(self).__name__, "variant": None}
+        return {"trainer": cfg.TRAINER.NAME, "variant": self.tcfg.get("VARIANT", None)}
+
     def save_model(self, epoch: int, directory: str, is_best: bool = False,
                    val_result: Optional[float] = None, model_name: str = "") -> None:
-        """Only what was learned, plus the classes and tasks it was learned on."""
+        """What was learned, the classes and tasks it was learned on, who learned it, and
+        everything that decides the next epoch (optimizer, schedule, random states)."""
+        scaler = getattr(self, "scaler", None)
+        shared = {
+            "epoch": epoch + 1,
+            "val_result": val_result,
+            "task_keys": list(self.task_info.keys),
+            "classnames": self.task_info.all_classnames,
+            **self.checkpoint_identity(),
+            "rng": ckpt_io.rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "best_result": float(getattr(self, "best_result", float("-inf"))),
+        }
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
-            save_checkpoint({
-                "state_dict": self._models[name].state_dict(),
-                "epoch": epoch + 1,
-                "optimizer": optim.state_dict() if optim else None,
-                "scheduler": sched.state_dict() if sched else None,
-                "val_result": val_result,
-                "task_keys": list(self.task_info.keys),
-                "classnames": self.task_info.all_classnames,
-            }, osp.join(directory, name), is_best=is_best, model_name=model_name)
+            state = dict(shared, state_dict=self._models[name].state_dict(),
+                         optimizer=optim.state_dict() if optim else None,
+                         scheduler=sched.state_dict() if sched else None)
+            folder = osp.join(directory, name)
+            ckpt_io.write_checkpoint(state, folder, model_name)
+            if is_best and model_name != ckpt_io.BEST:
+                ckpt_io.write_checkpoint(state, folder, ckpt_io.BEST)
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Continue from the newest checkpoint that loads (Dassl's version trusts the pointer).
+
+        Damaged files are skipped with a warning naming them; the random states
+        are restored, so the run goes on exactly as it would have uninterrupted.
+        """
+        for folder in [directory] + [osp.join(directory, n) for n in self.get_model_names()]:
+            for path in remove_stale_temps(folder):
+                logger.info("Removed %s, left by an interrupted write.", path)
+        found = {}
+        for name in self.get_model_names():
+            folder = osp.join(directory, name)
+            hit = ckpt_io.newest_loadable(folder, self.device) if osp.isdir(folder) else None
+            if hit is None:
+                if osp.isdir(folder):
+                    logger.warning("No checkpoint in %s loads: training from scratch.", folder)
+                else:
+                    print("No checkpoint found, train from scratch")
+                return 0
+            found[name] = hit
+        print(f"Found checkpoint at {directory} (will resume training)")
+        start = 0
+        for name, (path, ckpt) in found.items():
+            self._check_compatible(ckpt, path, resuming=True)
+            self._models[name].load_state_dict(ckpt["state_dict"])
+            if self._optims[name] is not None and ckpt.get("optimizer") is not None:
+                self._optims[name].load_state_dict(ckpt["optimizer"])
+            if self._scheds[name] is not None and ckpt.get("scheduler") is not None:
+                self._scheds[name].load_state_dict(ckpt["scheduler"])
+            start = ckpt["epoch"]
+            print(f"Loaded {path}\nPrevious epoch: {start}")
+        self._restore_run_state(next(iter(found.values()))[1])
+        self.epoch = start - 1  # what results.json reports if no epoch is left to run
+        self.resumed_from_epoch = start
+        return start
+
+    def _restore_run_state(self, ckpt: dict) -> None:
+        if ckpt.get("rng") is None:
+            logger.warning("The checkpoint holds no random states (saved by an older version): the "
+                           "resumed run will not repeat an uninterrupted one exactly.")
+        else:
+            ckpt_io.restore_rng_state(ckpt["rng"])
+        scaler = getattr(self, "scaler", None)
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("best_result") is not None:
+            self.best_result = ckpt["best_result"]
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
         """Load learned parameters from ``<directory>/prompt_learner``.
@@ -288,44 +355,47 @@ class MultiTaskPromptTrainer(TrainerX):
             logger.warning("No --model-dir given: evaluating the model as initialised.")
             return
         for name in self.get_model_names():
-            path = _checkpoint_path(osp.join(directory, name), epoch)
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+            path = ckpt_io.path_to_load(osp.join(directory, name), epoch)
+            ckpt = ckpt_io.read_checkpoint(path, self.device)
             self._check_compatible(ckpt, path)
             self._models[name].load_state_dict(ckpt["state_dict"])
             self.epoch = ckpt["epoch"] - 1
             logger.info("Loaded %s (epoch %d)", path, ckpt["epoch"])
 
-    def _check_compatible(self, ckpt: dict, path: str) -> None:
+    def _check_compatible(self, ckpt: dict, path: str, resuming: bool = False) -> None:
+        saved = {"trainer": ckpt.get("trainer"), "variant": ckpt.get("variant")}
+        own = self.checkpoint_identity()
+        if saved["trainer"] is not None and saved != own:  # older checkpoints record no trainer
+            todo = (f"this output folder holds another run: choose another --output-dir (or remove "
+                    f"{osp.dirname(path)}) to start this one" if resuming else
+                    f"evaluate it as {_who(saved)} (--trainer and the variant of its training run), or "
+                    f"give a --model-dir trained as {_who(own)}")
+            raise CheckpointError(f"{path} was saved by {_who(saved)}; this run is {_who(own)}: {todo}.")
         head = self.model.head
-        own = head.state_dict()
+        own_state = head.state_dict()
         same_classes = ckpt.get("classnames") == self.task_info.all_classnames
         same_tasks = ckpt.get("task_keys") == list(self.task_info.keys)
         for key, value in ckpt["state_dict"].items():
-            if key not in own:
-                raise KeyError(f"{path}: parameter {key!r} does not exist in {type(head).__name__} "
-                               f"(it has {sorted(own)}): was it saved by another trainer or config?")
+            if key not in own_state:
+                raise CheckpointError(f"{path}: parameter {key!r} does not exist in "
+                                      f"{type(head).__name__} (it has {sorted(own_state)}): was it "
+                                      "saved by another trainer or config?")
             if key in head.per_class_keys and not same_classes:
-                raise ValueError(f"{path}: {key!r} holds one context per class and was trained on "
-                                 "other classes than this benchmark's; per-class contexts cannot be "
-                                 "transferred (use a class-agnostic variant).")
+                raise CheckpointError(f"{path}: {key!r} holds one context per class and was trained on "
+                                      "other classes than this benchmark's; per-class contexts cannot "
+                                      "be transferred (use a class-agnostic variant).")
             if key in head.per_task_keys and not same_tasks:
-                raise ValueError(f"{path}: {key!r} holds one context per task and was trained on "
-                                 f"tasks {ckpt.get('task_keys')}, not {list(self.task_info.keys)}.")
-            if value.shape != own[key].shape:
-                raise ValueError(f"{path}: {key!r} has shape {tuple(value.shape)}, this model needs "
-                                 f"{tuple(own[key].shape)}: check N_CTX and the backbone.")
+                raise CheckpointError(f"{path}: {key!r} holds one context per task and was trained on "
+                                      f"tasks {ckpt.get('task_keys')}, not {list(self.task_info.keys)}.")
+            if value.shape != own_state[key].shape:
+                unknown = "" if saved["trainer"] else (" (and the trainer and variant, which this "
+                                                       "older checkpoint does not record)")
+                raise CheckpointError(f"{path}: {key!r} has shape {tuple(value.shape)}, this model "
+                                      f"needs {tuple(own_state[key].shape)}: check N_CTX and the "
+                                      f"backbone{unknown}.")
 
 
-def _checkpoint_path(folder: str, epoch: Optional[int]) -> str:
-    if epoch is not None:
-        path = osp.join(folder, f"model.pth.tar-{epoch}")
-    elif osp.exists(osp.join(folder, "model-best.pth.tar")):
-        path = osp.join(folder, "model-best.pth.tar")
-    elif osp.exists(osp.join(folder, "checkpoint")):  # Dassl's pointer to the newest file
-        with open(osp.join(folder, "checkpoint")) as f:
-            path = osp.join(folder, f.read().strip())
-    else:
-        path = osp.join(folder, "model-best.pth.tar")
-    if not osp.exists(path):
-        raise FileNotFoundError(f"No checkpoint at {path}: check --model-dir and --load-epoch.")
-    return path
+def _who(identity: dict) -> str:
+    """``trainer SoftCPT, variant NATA`` (no variant for trainers without one)."""
+    text = f"trainer {identity['trainer']}"
+    return f"{text}, variant {identity['variant']}" if identity.get("variant") else text

@@ -1,8 +1,13 @@
-"""``logging`` that reaches Dassl's ``log.txt``.
+"""``log.txt`` and ``logging`` that reaches it.
 
-Dassl tees ``sys.stdout`` into ``<OUTPUT_DIR>/log.txt`` (``setup_logger``), and
-importing its datasets calls ``logging.disable(logging.WARNING)`` for the whole
-process. ``setup_logging`` undoes that and routes records to whatever
+``open_run_log`` tees ``sys.stdout`` into ``<OUTPUT_DIR>/log.txt`` as Dassl's
+``setup_logger`` does, with two differences: a resumed attempt appends to the
+same ``log.txt`` (Dassl starts ``log.txt-<timestamp>``, which log parsers never
+read), and the file is line-buffered so a killed run keeps every line it
+printed. ``RunLog.record`` puts the error that ends a run into the file.
+
+Importing Dassl's datasets calls ``logging.disable(logging.WARNING)`` for the
+whole process. ``setup_logging`` undoes that and routes records to whatever
 ``sys.stdout`` is when they are emitted, so they land in the console and in
 ``log.txt`` next to Dassl's own prints.
 """
@@ -10,7 +15,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
+import time
+from typing import Optional
+
+LOG_NAME = "log.txt"
 
 PROJECT_LOGGERS = ("trainers", "datasets", "__main__", "train")
 
@@ -36,6 +46,57 @@ class _Format(logging.Formatter):
         if record.levelno >= logging.WARNING:
             return f"{record.levelname}: {message}"
         return message
+
+
+class RunLog:
+    """``sys.stdout`` that also writes to a run's log file (the ``file``/``console`` of Dassl's tee)."""
+
+    def __init__(self, path: str, console) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.console = console
+        resumed = os.path.exists(path) and os.path.getsize(path) > 0
+        self.file = open(path, "a", buffering=1, errors="replace")
+        if resumed:
+            self.file.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')}: a new attempt of this run "
+                            "(the earlier attempts are above) =====\n")
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        if self.file is not None:
+            self.file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        if self.file is not None:
+            self.file.flush()
+
+    def __getattr__(self, name: str):  # encoding, isatty, fileno ...: the console's
+        return getattr(self.__dict__["console"], name)
+
+    def record(self, text: str) -> None:
+        """Write ``text`` to the log file only (the console gets it from the caller)."""
+        if self.file is not None:
+            self.file.write(text if text.endswith("\n") else text + "\n")
+            self.file.flush()
+
+
+def open_run_log(output_dir: str) -> Optional[RunLog]:
+    """Tee ``sys.stdout`` into ``<output_dir>/log.txt`` (appending); None without a folder."""
+    if not output_dir:
+        return None
+    log = RunLog(os.path.join(output_dir, LOG_NAME), sys.stdout)
+    sys.stdout = log
+    return log
+
+
+def append_to_log(output_dir: str, text: str) -> None:
+    """Add ``text`` to ``<output_dir>/log.txt`` without a tee (errors before the run starts)."""
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, LOG_NAME), "a") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

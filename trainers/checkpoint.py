@@ -1,0 +1,162 @@
+"""Checkpoint files: writing them whole, finding the right one, reading it with a clear error.
+
+A model's checkpoints live in ``<run>/<model name>/`` (``prompt_learner/`` as in
+CoOp): ``model.pth.tar-<epoch>``, optionally ``model-best.pth.tar``, and
+``checkpoint``, Dassl's one-line pointer to the newest file. Every file is
+written by ``trainers.atomic`` (whole or not at all). Each checkpoint also holds
+the random number generator states that decide what comes next, so a resumed
+run continues exactly as the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import os.path as osp
+import random
+import re
+from typing import Optional
+
+import numpy as np
+import torch
+
+from trainers.atomic import atomic_torch_save, atomic_write
+
+logger = logging.getLogger(__name__)
+POINTER = "checkpoint"  # Dassl's name
+BEST = "model-best.pth.tar"
+EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or from another model: the message says which."""
+
+
+# ------------------------------------------------------------------ writing
+def write_checkpoint(state: dict, folder: str, model_name: str = "") -> str:
+    """``<folder>/model.pth.tar-<epoch>`` (or ``model_name``), then the pointer to it."""
+    name = model_name or f"model.pth.tar-{state['epoch']}"
+    path = osp.join(folder, name)
+    atomic_torch_save(state, path)
+    atomic_write(osp.join(folder, POINTER), name + "\n")
+    print(f"Checkpoint saved to {path}")
+    return path
+
+
+# ------------------------------------------------------------------ finding
+def saved_epochs(folder: str) -> list[int]:
+    """Epochs with a ``model.pth.tar-<epoch>`` file in ``folder``, ascending."""
+    if not osp.isdir(folder):
+        return []
+    return sorted(int(m.group(1)) for m in map(EPOCH_FILE.match, os.listdir(folder)) if m)
+
+
+def describe_saved(folder: str) -> str:
+    epochs = saved_epochs(folder)
+    best = " and model-best.pth.tar" if osp.exists(osp.join(folder, BEST)) else ""
+    if not epochs and not best:
+        return f"{folder} holds no checkpoint"
+    return f"saved epochs in {folder}: {epochs}{best}"
+
+
+def path_to_load(folder: str, epoch: Optional[int]) -> str:
+    """The file ``--eval-only`` loads: epoch ``epoch``, else model-best, else the newest."""
+    if not osp.isdir(folder):
+        raise CheckpointError(f"no checkpoint folder {folder}: is --model-dir the output folder of a "
+                              "training run (it holds prompt_learner/)?")
+    if epoch is not None:
+        path = osp.join(folder, f"model.pth.tar-{epoch}")
+        if not osp.exists(path):
+            raise CheckpointError(f"no checkpoint for epoch {epoch} (--load-epoch): "
+                                  f"{describe_saved(folder)}. TRAIN.CHECKPOINT_FREQ decides which "
+                                  "epochs are saved; the last one always is.")
+        return path
+    if osp.exists(osp.join(folder, BEST)):
+        return osp.join(folder, BEST)
+    epochs = saved_epochs(folder)
+    if not epochs:
+        raise CheckpointError(f"{folder} holds no checkpoint: did the training run save one?")
+    return osp.join(folder, f"model.pth.tar-{epochs[-1]}")
+
+
+def read_checkpoint(path: str, device: torch.device) -> dict:
+    """Load a checkpoint; a truncated or foreign file raises a CheckpointError naming it."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many kinds for a damaged file
+        detail = (str(err).strip().splitlines() or ["no detail"])[0].split(". ")[0]  # torch's are long
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {detail}): the "
+                              f"file is truncated or not a checkpoint; "
+                              f"{describe_saved(osp.dirname(path))}.") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no state_dict/epoch).")
+    return ckpt
+
+
+def newest_loadable(folder: str, device: torch.device) -> Optional[tuple[str, dict]]:
+    """The newest checkpoint in ``folder`` that loads, for resuming; None when none does.
+
+    Files that do not load and a missing, empty or wrong pointer are reported as
+    warnings naming the file; the search then falls back to older epochs.
+    """
+    candidates = [osp.join(folder, f"model.pth.tar-{e}") for e in reversed(saved_epochs(folder))]
+    if osp.exists(osp.join(folder, BEST)):
+        candidates.append(osp.join(folder, BEST))
+    loaded: list[tuple[str, dict]] = []
+    for path in candidates:
+        try:
+            loaded.append((path, read_checkpoint(path, device)))
+        except CheckpointError as err:
+            logger.warning("Skipping a damaged checkpoint: %s", err)
+            continue
+        if not path.endswith(BEST):
+            break  # the newest numbered file that loads; model-best may still be newer
+    _check_pointer(folder, [p for p, _ in loaded], bool(candidates))
+    if not loaded:
+        return None
+    return max(loaded, key=lambda item: (item[1]["epoch"], not item[0].endswith(BEST)))
+
+
+def _check_pointer(folder: str, loadable: list[str], any_file: bool) -> None:
+    if not any_file:
+        return
+    pointer = osp.join(folder, POINTER)
+    try:
+        with open(pointer) as f:
+            name = f.read().strip()
+    except OSError:
+        name = None
+    if name is None:
+        logger.warning("%s is missing: finding the newest checkpoint by its file name.", pointer)
+    elif not name:
+        logger.warning("%s is empty: finding the newest checkpoint by its file name.", pointer)
+    elif osp.join(folder, name) not in loadable:
+        logger.warning("%s names %s, which is not the newest loadable checkpoint: finding it by its "
+                       "file name.", pointer, name)
+
+
+# ------------------------------------------------------------------ random states
+def rng_state() -> dict:
+    """Every global generator a training step draws from (shuffling, augmentation, class sampling)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "random": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = [s.cpu() for s in state.get("cuda", [])]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda or torch.cuda.is_available():
+        logger.warning("The checkpoint's CUDA random states (%d devices) do not match this machine's; "
+                       "the resumed run will not repeat the interrupted one exactly.", len(cuda))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
