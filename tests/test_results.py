@@ -194,7 +194,8 @@ def test_sweep_exits_non_zero_when_its_table_command_fails(tmp_path):
     script = tmp_path / "sweep.sh"
     script.write_text(f"cd {REPO}\nsource scripts/common.sh\nsweep_finish {tmp_path}\n")
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/bash\necho 'table failed' >&2\nexit 4\n")
+    fake.write_text('#!/bin/bash\ncase "$2" in "# sweep pre-flight"*) exit 0 ;; esac\n'
+                    "echo 'table failed' >&2\nexit 4\n")
     fake.chmod(0o755)
     done = subprocess.run(["bash", str(script)], env=dict(os.environ, PYTHON=str(fake)),
                           capture_output=True, text=True)
