@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainers import atomic
 from trainers import feature_cache as fc
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_second_call_reads_and_encodes_nothing(tmp_path, log):
     b = fc.cached_features(str(tmp_path), parts(), "MultiTask", "test", encoder(calls))
     assert sum(calls) == 2 and "read from" in log.text
     path = fc.cache_path(str(tmp_path), "MultiTask", "test", fc.cache_key(parts()))
-    assert os.stat(path).st_mode & 0o044 == 0o044 & ~fc._umask()  # readable by others, as umask allows
+    assert os.stat(path).st_mode & 0o044 == 0o044 & atomic._MODE  # readable by others, as umask allows
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert os.listdir(tmp_path) == [os.path.basename(fc.cache_path(str(tmp_path), "MultiTask", "test",
                                                                    fc.cache_key(parts())))]
@@ -131,7 +132,7 @@ def test_unreadable_file_is_recomputed_with_a_warning_naming_it(tmp_path, log, d
 
 def test_failed_write_keeps_the_features_and_leaves_no_file(tmp_path, log, monkeypatch):
     def full_disk(obj, f):
-        open(f, "wb").write(b"half")
+        f.write(b"half")  # a file object: the atomic writer streams into its temporary file
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(fc.torch, "save", full_disk)
     feats, labels = fc.cached_features(str(tmp_path), parts(), "MultiTask", "test", encoder([]))

@@ -15,11 +15,10 @@ complete, the rename has not happened). Unset, it costs one dict lookup.
 """
 from __future__ import annotations
 
-import io
 import os
 import signal
 import tempfile
-from typing import Union
+from typing import BinaryIO, Callable, Union
 
 KILL_ENV = "SOFTCPT_KILL_WRITE"
 TEMP_SUFFIX = ".tmp"
@@ -40,16 +39,29 @@ def atomic_write(path: str, data: Union[bytes, str]) -> None:
     """Replace ``path`` by ``data`` so that it is never seen half written."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    _replace_with(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` through a temporary file and a rename, streamed (no copy in memory)."""
+    import torch
+
+    _replace_with(path, lambda f: torch.save(obj, f))
+
+
+def _replace_with(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file next to ``path``, make it durable, rename it over."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            write(f)
             kill_at = _kill_stage(path)
             if kill_at == "partial":
-                f.write(data[: len(data) // 2])
+                f.flush()
+                f.truncate(f.tell() // 2)
                 _die(f)
-            f.write(data)
             f.flush()
             os.fsync(f.fileno())
             if kill_at == "unrenamed":
@@ -63,15 +75,6 @@ def atomic_write(path: str, data: Union[bytes, str]) -> None:
             pass
         raise
     _fsync_folder(folder)
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` through ``atomic_write`` (checkpoints hold learned parameters only: small)."""
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue())
 
 
 def remove_stale_temps(folder: str) -> list[str]:

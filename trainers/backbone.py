@@ -20,13 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
-import tempfile
 import warnings
 from typing import Optional
 
 import open_clip
 import torch
 from torch import nn
+
+from trainers.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +168,8 @@ def tiny_checkpoint(directory: Optional[str] = None) -> str:
     directory = directory or os.environ.get("SOFTCPT_CACHE", osp.expanduser("~/.cache/softcpt"))
     path = osp.join(directory, f"tiny-clip-v{TINY_VERSION}.pt")
     if not osp.isfile(path):
-        os.makedirs(directory, exist_ok=True)
-        # Write then rename, so a concurrent or interrupted run never reads half a file.
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        torch.save(build_tiny_clip().state_dict(), tmp)
-        os.replace(tmp, path)
+        # Whole or not at all: a concurrent or interrupted run never reads half a file.
+        atomic_torch_save(build_tiny_clip().state_dict(), path)
     return path
 
 

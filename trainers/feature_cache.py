@@ -24,12 +24,13 @@ import logging
 import os
 import os.path as osp
 import re
-import tempfile
 import time
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
+
+from trainers.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -121,33 +122,18 @@ def write(path: str, key: str, parts: dict, feats: torch.Tensor, labels: torch.T
 
     A failure (read-only or full disk) only costs the cache: the run goes on.
     """
-    folder = osp.dirname(path)
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=osp.basename(path) + ".", suffix=".tmp")
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from a shared folder's users
         # For whoever inspects the file: plain JSON types (torch.load(weights_only) reads them);
         # the image list only by its length.
         described = json.loads(json.dumps({k: v for k, v in parts.items() if k != "images"},
                                           default=str))
         described["num_images"] = len(labels)
-        torch.save({"key": key, "parts": described, "features": feats, "labels": labels}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"key": key, "parts": described, "features": feats, "labels": labels}, path)
         return True
     except OSError as err:
         logger.warning("Could not store image features at %s (%s): they will be encoded "
                        "again next time (TEST.FEATURE_CACHE_DIR sets the folder).", path, err)
-        if tmp and osp.exists(tmp):
-            os.remove(tmp)
         return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def compute(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
