@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
+# Prefixes whose keys one call attends to side by side (a row masks out the others):
+# more would spend more on masked scores than the fewer calls save.
+PREFIX_CHUNK = 16
 
 
 class TextEncoder(nn.Module):
@@ -93,21 +96,30 @@ class TextEncoder(nn.Module):
         p = prefix.shape[1]
         past = self._prefix_keys_values(prefix)  # per layer: (G, heads, P, d) keys and values
 
-        def encode(rows: torch.Tensor, length: int) -> torch.Tensor:
-            g = int(groups[rows[0]])
-            x = suffix[rows, :length - p].to(self.dtype) + self.positional_embedding[p:length]
-            mask = self.attn_mask[p:length, p:length]  # causal among the suffix; prefix all visible
-            for block, (k, v) in zip(self.transformer.resblocks, past):
-                x = _block(block, x, mask, (k[g:g + 1], v[g:g + 1]))[0]
-            return self._pool(x, eot[rows] - p)
+        def per_chunk(rows: torch.Tensor, _: int) -> torch.Tensor:
+            # up to PREFIX_CHUNK prefixes side by side: a row's scores against the other
+            # prefixes are masked out, so one call covers them all (cells: EOS buckets only)
+            first = int(groups[rows[0]]) // PREFIX_CHUNK * PREFIX_CHUNK
+            kv = [(k[first:first + PREFIX_CHUNK], v[first:first + PREFIX_CHUNK]) for k, v in past]
+            n = len(kv[0][0])
+            kv = [(k.transpose(0, 1).flatten(1, 2)[None], v.transpose(0, 1).flatten(1, 2)[None])
+                  for k, v in kv]  # (1, heads, n * P, d)
+            own = groups[rows, None] - first == torch.arange(n, device=rows.device)  # (R, n)
+            seen = None if n == 1 else torch.zeros(own.shape, dtype=self.dtype, device=rows.device) \
+                .masked_fill(~own, float("-inf")).repeat_interleave(p, dim=1)[:, None, None]
 
-        # one cell per (prefix, EOS bucket): rows of a cell share their prefix's keys and values
-        def per_group(rows: torch.Tensor, length: int) -> torch.Tensor:
+            def encode(sub: torch.Tensor, length: int) -> torch.Tensor:
+                cell = rows[sub]
+                x = suffix[cell, :length - p].to(self.dtype) + self.positional_embedding[p:length]
+                mask = self.attn_mask[p:length, p:length]  # causal among the suffix
+                for block, (k, v) in zip(self.transformer.resblocks, kv):
+                    x = _block(block, x, mask, (k, v, None if seen is None else seen[sub]))[0]
+                return self._pool(x, eot[cell] - p)
+
             cut = eot[rows] if self.truncate else torch.full_like(rows, suffix.shape[1] + p - 1)
-            return _per_bucket(cut, self.truncate and self.length_buckets,
-                               lambda sub, n: encode(rows[sub], n))
+            return _per_bucket(cut, self.truncate and self.length_buckets, encode)
 
-        return _per_bucket(groups, True, per_group)
+        return _per_bucket(groups // PREFIX_CHUNK, True, per_chunk)
 
     def _prefix_keys_values(self, prefix: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys and values of every layer on the prefixes (causal among themselves)."""
@@ -163,8 +175,9 @@ def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor,
            past: Optional[tuple[torch.Tensor, torch.Tensor]] = None, last: bool = False):
     """One residual block of open_clip on ``x`` ``(N, S, width)`` from its own weights.
 
-    ``past``: keys and values ``(N or 1, heads, P, d)`` of earlier tokens that every
-    token of ``x`` sees; ``mask`` ``(S, S)`` is the additive causal mask among ``x``.
+    ``past``: keys and values ``(1, heads, P, d)`` of earlier tokens, and their additive
+    mask per row ``(N, 1, 1, P)`` (None: every row sees them all); ``mask`` ``(S, S)``
+    is the additive causal mask among ``x``.
     Returns the block's output (``None`` when ``last``: only keys and values are
     wanted) and this block's keys and values of ``x``.
     """
@@ -178,7 +191,10 @@ def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor,
     scores = q @ k.transpose(-1, -2) + mask.to(q.dtype)  # (N, h, S, S)
     if past is not None:
         # scores against the prefix broadcast over rows: its keys are never copied per row
-        scores = torch.cat([q @ past[0].transpose(-1, -2), scores], dim=-1)  # (N, h, S, P + S)
+        before = q @ past[0].transpose(-1, -2)  # (N, h, S, P)
+        if past[2] is not None:
+            before = before + past[2]
+        scores = torch.cat([before, scores], dim=-1)  # (N, h, S, P + S)
     weights = scores.float().softmax(dim=-1).to(q.dtype)
     if past is None:
         out = weights @ v

@@ -50,6 +50,8 @@ from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.backbone import load_clip  # noqa: E402
 from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.losses import multitask_loss, training_columns  # noqa: E402
+from trainers.coop import CoOpHead  # noqa: E402
+from trainers.prompt import num_tokens  # noqa: E402
 from trainers.softcpt import VARIANT_KEYS, VARIANTS, SoftCPTHead  # noqa: E402
 
 # General-10 in task order (../shared/BENCHMARKS.md): (key, class count, task name).
@@ -70,6 +72,24 @@ def general10(scale: float) -> TaskInfo:
         n = max(1, math.ceil(scale * k))
         noun = name.split()[0]
         classnames.append(tuple(f"{WORDS[(j + t) % 10]} {noun} {j}" for j in range(n)))
+    return TaskInfo(tuple(k for k, _, _ in GENERAL10), tuple(n for _, _, n in GENERAL10),
+                    tuple(classnames), ("overall_acc",) * len(GENERAL10))
+
+
+# Words per class name in the text-side benchmark, cycled over classes: 1 to 12 tokens
+# (each word is one BPE token), mostly short as in General-10, a few long ones.
+NAME_WORDS = (1, 1, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12)
+
+
+def general10_varied(scale: float) -> TaskInfo:
+    """General-10's tasks with ceil(scale * K_t) classes each; names of 1 to 12 tokens."""
+    classnames = []
+    for t, (_, k, name) in enumerate(GENERAL10):
+        noun = name.split()[0]
+        n = max(1, math.ceil(scale * k))
+        words = [NAME_WORDS[(5 * j + t) % len(NAME_WORDS)] for j in range(n)]
+        classnames.append(tuple(" ".join([WORDS[(j + i) % 10] for i in range(w - 1)] + [noun])
+                                for j, w in enumerate(words)))
     return TaskInfo(tuple(k for k, _, _ in GENERAL10), tuple(n for _, _, n in GENERAL10),
                     tuple(classnames), ("overall_acc",) * len(GENERAL10))
 
@@ -225,6 +245,66 @@ def bench_backbone(name: str, args: argparse.Namespace, device: torch.device) ->
         print(f"{label:<42}{t:>10.3f}{times[0] / t:>9.2f}x")
 
 
+# Text-side rows: (label, TRUNCATE_TEXT, LENGTH_BUCKETS, SHARED_PREFIX), each adding one speed-up.
+TEXT_ROWS = [("77 tokens (reference path)", False, False, False), ("+ TRUNCATE_TEXT", True, False, False),
+             ("+ LENGTH_BUCKETS", True, True, False), ("+ SHARED_PREFIX", True, True, True)]
+TEXT_HEADS = ("NATA", "NATS", "CATA", "CATS", "CSTA", "CoOp-CA", "CoOp-MT")
+
+
+def text_head(kind: str, clip_model: torch.nn.Module, info: TaskInfo) -> torch.nn.Module:
+    """A SoftCPT variant's head (spec defaults: N_CTX 16, TASK_N_CTX 4, CLASS_N_CTX 4) or
+    CoOp's with 16 context vectors per task (CA) or for all tasks (MT)."""
+    if kind.startswith("CoOp"):
+        return CoOpHead(info, clip_model.token_embedding, n_ctx=16,
+                        sharing="task" if kind == "CoOp-CA" else "all")
+    kwargs = dict(zip((k.lower() for k in VARIANT_KEYS), VARIANTS[kind]))
+    return SoftCPTHead(info.names, info.classnames, clip_model.token_embedding,
+                       clip_model.text_projection.shape[1], **kwargs)
+
+
+def bench_text_side(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    """The text side of one training step (image features given) at General-10's size:
+    the reference's 77-token path, then each text speed-up added in turn."""
+    torch.manual_seed(0)
+    info = general10_varied(args.scale)
+    clip_model = load_clip(name, precision=args.prec, device=device, pretrained=False)
+    lengths = torch.tensor([num_tokens(c) for c in info.all_classnames]).float()
+    toc = torch.tensor(info.task_of_class, device=device)
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, len(toc), (args.batch_size,), generator=g).to(device)
+    u = torch.nn.functional.normalize(torch.randn(args.batch_size, clip_model.text_projection.shape[1],
+                                                  generator=g), dim=-1).to(device)
+    print(f"\n## text side of a training step, {name} text tower, random weights: {len(toc)} classes "
+          f"in {info.num_tasks} tasks (scale {args.scale}), names of {int(lengths.min())} to "
+          f"{int(lengths.max())} tokens (mean {lengths.mean():.1f}), batch {args.batch_size}, image "
+          f"features given, every class encoded (SKIP_ABSENT_TASKS off), {args.prec}, {device}")
+    print(f"{'head / text speed-ups':<34}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>11}{'memory':>9}")
+    for kind in args.text_heads:
+        torch.manual_seed(0)
+        head = text_head(kind, clip_model, info).to(device)
+        model = MultiTaskCLIP(clip_model, head).to(device)
+        optim = torch.optim.SGD(head.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+        scale = model.logit_scale.exp().float()
+
+        def step(switches):
+            def run() -> None:
+                enc = model.text_encoder
+                enc.truncate, enc.length_buckets, enc.shared_prefix = switches
+                logits = scale * u @ model.text_features().t()
+                loss = multitask_loss(logits, labels, toc[labels], toc)
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+            return run
+
+        fns = [step(switches) for _, *switches in TEXT_ROWS]
+        peaks = [peak_bytes(fn, device) / 2 ** 20 for fn in fns]  # also the warm-up runs
+        times = timed_rows(fns, device, args.repeats)
+        for (label, *_), t, m in zip(TEXT_ROWS, times, peaks):
+            print(f"{kind + ': ' + label:<34}{t:>10.2f}{times[0] / t:>9.1f}x{m:>11.0f}"
+                  f"{peaks[0] / m:>8.1f}x", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbones", nargs="+", default=["RN50", "ViT-B/16"])
@@ -236,6 +316,11 @@ def main(argv=None) -> None:
     p.add_argument("--prec", default="fp32", choices=["fp32", "fp16"], help="fp16 needs CUDA")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--text-side", action="store_true",
+                   help="instead: the text side of a training step with each text speed-up added in "
+                        "turn (use --scale 1 --batch-size 32 --repeats 1 for General-10's full size)")
+    p.add_argument("--text-heads", nargs="+", default=["NATA", "NATS", "CATA", "CoOp-CA"],
+                   choices=TEXT_HEADS, help="heads measured by --text-side")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -244,7 +329,7 @@ def main(argv=None) -> None:
           + ("wall seconds" if device.type == "cuda" else "CPU seconds of this process")
           + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
     for name in args.backbones:
-        bench_backbone(name, args, device)
+        (bench_text_side if args.text_side else bench_backbone)(name, args, device)
 
 
 if __name__ == "__main__":
