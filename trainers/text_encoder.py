@@ -191,7 +191,9 @@ def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor,
     scores = q @ k.transpose(-1, -2) + mask.to(q.dtype)  # (N, h, S, S)
     if past is not None:
         # scores against the prefix broadcast over rows: its keys are never copied per row
-        before = q @ past[0].transpose(-1, -2)  # (N, h, S, P)
+        # einsum folds rows into the matrix product: a broadcast matmul would copy the
+        # prefix's keys and values once per row
+        before = torch.einsum("nhsd,hpd->nhsp", q, past[0][0])  # (N, h, S, P)
         if past[2] is not None:
             before = before + past[2]
         scores = torch.cat([before, scores], dim=-1)  # (N, h, S, P + S)
@@ -200,7 +202,7 @@ def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor,
         out = weights @ v
     else:
         p = past[1].shape[-2]
-        out = weights[..., :p] @ past[1] + weights[..., p:] @ v
+        out = torch.einsum("nhsp,hpd->nhsd", weights[..., :p], past[1][0]) + weights[..., p:] @ v
     out = attn.out_proj(out.transpose(1, 2).flatten(2))  # (N, S, width)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -17,6 +17,15 @@ For every backbone it prints:
 * evaluation time over ``--eval-batches`` test batches: class features
   recomputed for every batch (naive) against once per evaluation (CACHE_EVAL_TEXT).
 
+With ``--text-side`` it prints instead the text side of one training step
+(forward, backward, SGD step; image features given; every class encoded) for
+the heads of ``--text-heads``, on class names of 1 to 12 tokens: the reference's
+77-token path, then TRUNCATE_TEXT, + LENGTH_BUCKETS, + SHARED_PREFIX added in
+turn. General-10's full size (README.md, "Speed"):
+
+    python scripts/bench/bench_softcpt.py --text-side --backbones ViT-B/16 --scale 1 \
+        --ref-scale 0.1 --batch-size 32 --repeats 1
+
 Peak memory is what the step allocates on top of the model: torch's counter on
 CUDA, and on CPU the largest total size of tensor storages alive at once while
 the step runs (tracked op by op in the untimed warm-up run). Each row runs
@@ -264,45 +273,57 @@ def text_head(kind: str, clip_model: torch.nn.Module, info: TaskInfo) -> torch.n
 
 def bench_text_side(name: str, args: argparse.Namespace, device: torch.device) -> None:
     """The text side of one training step (image features given) at General-10's size:
-    the reference's 77-token path, then each text speed-up added in turn."""
-    torch.manual_seed(0)
-    info = general10_varied(args.scale)
+    the reference's 77-token path, then each text speed-up added in turn.
+
+    Rows marked ``*`` run at ``--ref-scale`` and are scaled up linearly by the class
+    count: every row of the 77-token path (and of the truncated one, cut at the same
+    longest EOS) costs the same, and at full size they do not fit in a small machine's memory.
+    """
     clip_model = load_clip(name, precision=args.prec, device=device, pretrained=False)
+    info, ref_info = general10_varied(args.scale), general10_varied(args.ref_scale or args.scale)
+    factor = len(info.all_classnames) / len(ref_info.all_classnames)
     lengths = torch.tensor([num_tokens(c) for c in info.all_classnames]).float()
-    toc = torch.tensor(info.task_of_class, device=device)
+    ref_max = max(num_tokens(c) for c in ref_info.all_classnames)
     g = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, len(toc), (args.batch_size,), generator=g).to(device)
     u = torch.nn.functional.normalize(torch.randn(args.batch_size, clip_model.text_projection.shape[1],
                                                   generator=g), dim=-1).to(device)
-    print(f"\n## text side of a training step, {name} text tower, random weights: {len(toc)} classes "
-          f"in {info.num_tasks} tasks (scale {args.scale}), names of {int(lengths.min())} to "
-          f"{int(lengths.max())} tokens (mean {lengths.mean():.1f}), batch {args.batch_size}, image "
-          f"features given, every class encoded (SKIP_ABSENT_TASKS off), {args.prec}, {device}")
-    print(f"{'head / text speed-ups':<34}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>11}{'memory':>9}")
-    for kind in args.text_heads:
+    print(f"\n## text side of a training step, {name} text tower, random weights: "
+          f"{len(info.all_classnames)} classes in {info.num_tasks} tasks (scale {args.scale}), names of "
+          f"{int(lengths.min())} to {int(lengths.max())} tokens (mean {lengths.mean():.2f}), batch "
+          f"{args.batch_size}, image features given, every class encoded (SKIP_ABSENT_TASKS off), "
+          f"{args.prec}, {device}")
+    if factor != 1:
+        print(f"* measured on {len(ref_info.all_classnames)} classes (scale {args.ref_scale}, longest "
+              f"name {ref_max} tokens as at full size) and multiplied by {factor:.2f}")
+    print(f"{'head / text speed-ups':<36}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>11}{'memory':>9}")
+
+    def step(kind: str, task_info: TaskInfo, switches: tuple) -> Callable[[], None]:
         torch.manual_seed(0)
-        head = text_head(kind, clip_model, info).to(device)
-        model = MultiTaskCLIP(clip_model, head).to(device)
+        head = text_head(kind, clip_model, task_info).to(device)
+        model = MultiTaskCLIP(clip_model, head, *switches).to(device)
         optim = torch.optim.SGD(head.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+        toc = head.task_of_class
+        labels = torch.randint(0, len(toc), (args.batch_size,), generator=torch.Generator().manual_seed(2))
+        labels = labels.to(device)
         scale = model.logit_scale.exp().float()
 
-        def step(switches):
-            def run() -> None:
-                enc = model.text_encoder
-                enc.truncate, enc.length_buckets, enc.shared_prefix = switches
-                logits = scale * u @ model.text_features().t()
-                loss = multitask_loss(logits, labels, toc[labels], toc)
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-            return run
+        def run() -> None:
+            logits = scale * u @ model.text_features().t()
+            loss = multitask_loss(logits, labels, toc[labels], toc)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        return run
 
-        fns = [step(switches) for _, *switches in TEXT_ROWS]
-        peaks = [peak_bytes(fn, device) / 2 ** 20 for fn in fns]  # also the warm-up runs
-        times = timed_rows(fns, device, args.repeats)
-        for (label, *_), t, m in zip(TEXT_ROWS, times, peaks):
-            print(f"{kind + ': ' + label:<34}{t:>10.2f}{times[0] / t:>9.1f}x{m:>11.0f}"
-                  f"{peaks[0] / m:>8.1f}x", flush=True)
+    for kind in args.text_heads:
+        scaled = [factor if not shared and not buckets else 1.0 for _, _, buckets, shared in TEXT_ROWS]
+        fns = [step(kind, ref_info if f != 1 else info, switches)
+               for (_, *switches), f in zip(TEXT_ROWS, scaled)]
+        peaks = [f * peak_bytes(fn, device) / 2 ** 20 for fn, f in zip(fns, scaled)]  # also warm-ups
+        times = [f * t for f, t in zip(scaled, timed_rows(fns, device, args.repeats))]
+        for (label, *_), t, m, f in zip(TEXT_ROWS, times, peaks, scaled):
+            label = f"{kind}: {label}" + ("*" if f != 1 else "")
+            print(f"{label:<36}{t:>10.2f}{times[0] / t:>9.1f}x{m:>11.0f}{peaks[0] / m:>8.1f}x", flush=True)
 
 
 def main(argv=None) -> None:
@@ -319,6 +340,9 @@ def main(argv=None) -> None:
     p.add_argument("--text-side", action="store_true",
                    help="instead: the text side of a training step with each text speed-up added in "
                         "turn (use --scale 1 --batch-size 32 --repeats 1 for General-10's full size)")
+    p.add_argument("--ref-scale", type=float, default=0.0,
+                   help="--text-side: run the 77-token and truncated rows at this scale and scale "
+                        "them up linearly (0: at --scale)")
     p.add_argument("--text-heads", nargs="+", default=["NATA", "NATS", "CATA", "CoOp-CA"],
                    choices=TEXT_HEADS, help="heads measured by --text-side")
     args = p.parse_args(argv)
