@@ -24,7 +24,7 @@ the heads of ``--text-heads``, on class names of 1 to 12 tokens: the reference's
 turn. General-10's full size (README.md, "Speed"):
 
     python scripts/bench/bench_softcpt.py --text-side --backbones ViT-B/16 --scale 1 \
-        --ref-scale 0.1 --batch-size 32 --repeats 1
+        --ref-scale 0.1 --batch-size 32 --repeats 0
 
 Peak memory is what the step allocates on top of the model: torch's counter on
 CUDA, and on CPU the largest total size of tensor storages alive at once while
@@ -275,9 +275,12 @@ def bench_text_side(name: str, args: argparse.Namespace, device: torch.device) -
     """The text side of one training step (image features given) at General-10's size:
     the reference's 77-token path, then each text speed-up added in turn.
 
-    Rows marked ``*`` run at ``--ref-scale`` and are scaled up linearly by the class
-    count: every row of the 77-token path (and of the truncated one, cut at the same
-    longest EOS) costs the same, and at full size they do not fit in a small machine's memory.
+    Rows marked ``*`` (the plain path: 77 tokens, truncated, length buckets) run at
+    ``--ref-scale`` and are scaled up linearly by the class count: on the plain path
+    every class adds the same rows (the longest name, hence the truncation, is the same),
+    and at full size the 77-token step does not fit in a small machine's memory (~30 GB).
+    Their per-call overhead is scaled up too, so their times are if anything too high
+    for the length buckets. The shared-prefix row runs at ``--scale``.
     """
     clip_model = load_clip(name, precision=args.prec, device=device, pretrained=False)
     info, ref_info = general10_varied(args.scale), general10_varied(args.ref_scale or args.scale)
@@ -316,11 +319,18 @@ def bench_text_side(name: str, args: argparse.Namespace, device: torch.device) -
         return run
 
     for kind in args.text_heads:
-        scaled = [factor if not shared and not buckets else 1.0 for _, _, buckets, shared in TEXT_ROWS]
+        scaled = [factor if not shared else 1.0 for *_, shared in TEXT_ROWS]
         fns = [step(kind, ref_info if f != 1 else info, switches)
                for (_, *switches), f in zip(TEXT_ROWS, scaled)]
-        peaks = [f * peak_bytes(fn, device) / 2 ** 20 for fn, f in zip(fns, scaled)]  # also warm-ups
-        times = [f * t for f, t in zip(scaled, timed_rows(fns, device, args.repeats))]
+        peaks, times = [], []
+        for fn in fns:  # the memory run is the warm-up; with --repeats 0 (CPU) it is also timed
+            start = clock(device)
+            peaks.append(peak_bytes(fn, device) / 2 ** 20)
+            times.append(clock(device) - start)
+        if args.repeats or device.type == "cuda":
+            times = timed_rows(fns, device, max(args.repeats, 1))
+        peaks = [f * m for f, m in zip(scaled, peaks)]
+        times = [f * t for f, t in zip(scaled, times)]
         for (label, *_), t, m, f in zip(TEXT_ROWS, times, peaks, scaled):
             label = f"{kind}: {label}" + ("*" if f != 1 else "")
             print(f"{label:<36}{t:>10.2f}{times[0] / t:>9.1f}x{m:>11.0f}{peaks[0] / m:>8.1f}x", flush=True)
@@ -332,7 +342,9 @@ def main(argv=None) -> None:
     p.add_argument("--scale", type=float, default=0.05, help="fraction of General-10's class counts")
     p.add_argument("--batch-size", type=int, default=8, help="train and test batch size")
     p.add_argument("--eval-batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median), after a warm-up")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per row (median), after a warm-up; --text-side on CPU: 0 times "
+                        "the warm-up run (which also measures memory, at ~1%% overhead)")
     p.add_argument("--variant", default="NATA", choices=sorted(VARIANTS))
     p.add_argument("--prec", default="fp32", choices=["fp32", "fp16"], help="fp16 needs CUDA")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -341,8 +353,8 @@ def main(argv=None) -> None:
                    help="instead: the text side of a training step with each text speed-up added in "
                         "turn (use --scale 1 --batch-size 32 --repeats 1 for General-10's full size)")
     p.add_argument("--ref-scale", type=float, default=0.0,
-                   help="--text-side: run the 77-token and truncated rows at this scale and scale "
-                        "them up linearly (0: at --scale)")
+                   help="--text-side: run the plain-path rows (77 tokens, truncated, buckets) at this "
+                        "scale and scale them up linearly (0: at --scale)")
     p.add_argument("--text-heads", nargs="+", default=["NATA", "NATS", "CATA", "CoOp-CA"],
                    choices=TEXT_HEADS, help="heads measured by --text-side")
     args = p.parse_args(argv)
