@@ -145,3 +145,13 @@ def test_prefix_path_skips_unsupported_blocks(tiny_clip):
     ctx = init_context(3, 64)
     with torch.no_grad():
         assert_close(builder.encode(encoder, ctx), TextEncoder(tiny_clip)(*builder(ctx)))
+
+
+def test_every_prompt_trainer_has_the_switches_on_by_default():
+    from dassl.config import get_cfg_default
+
+    from trainers.config import extend_cfg
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    for node in ("SOFTCPT", "COOP", "COCOOP"):
+        assert cfg.TRAINER[node].LENGTH_BUCKETS is True and cfg.TRAINER[node].SHARED_PREFIX is True
