@@ -55,10 +55,11 @@ class PromptHead(nn.Module):
 class MultiTaskCLIP(nn.Module):
     """Frozen CLIP + a prompt head: logits over the classes of every task (SPEC step 5)."""
 
-    def __init__(self, clip_model: nn.Module, head: PromptHead, truncate_text: bool = True) -> None:
+    def __init__(self, clip_model: nn.Module, head: PromptHead, truncate_text: bool = True,
+                 length_buckets: bool = True, shared_prefix: bool = True) -> None:
         super().__init__()
         self.image_encoder = clip_model.visual
-        self.text_encoder = TextEncoder(clip_model, truncate=truncate_text)
+        self.text_encoder = TextEncoder(clip_model, truncate_text, length_buckets, shared_prefix)
         self.logit_scale = clip_model.logit_scale
         self.head = head
 
@@ -119,7 +120,8 @@ class MultiTaskPromptTrainer(TrainerX):
         clip_model = load_clip(backbone.NAME, backbone.PRETRAINED_TAG, self.precision, self.device,
                                pretrained=backbone.PRETRAINED)
         head = self.build_head(clip_model, self.task_info).to(self.device)
-        self.model = MultiTaskCLIP(clip_model, head, self.tcfg.TRUNCATE_TEXT).to(self.device)
+        self.model = MultiTaskCLIP(clip_model, head, self.tcfg.TRUNCATE_TEXT, self.tcfg.LENGTH_BUCKETS,
+                                   self.tcfg.SHARED_PREFIX).to(self.device)
         self.task_of_class = torch.tensor(self.task_info.task_of_class, device=self.device)
         learnable = [p for p in head.parameters() if p.requires_grad]
         logger.info("Learnable parameters: %s", f"{sum(p.numel() for p in learnable):,}")

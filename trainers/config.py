@@ -34,6 +34,10 @@ def add_prompt_keys(node: CN) -> None:
     # Exact speed-ups, each switchable so it can be measured (SPEC.md):
     # cut text sequences after the longest EOS of the batch;
     node.TRUNCATE_TEXT = True
+    # with TRUNCATE_TEXT, encode rows grouped by EOS position, each cut at its own EOS;
+    node.LENGTH_BUCKETS = True
+    # encode a context shared by several prompts ([SOS] ctx, class name at the end) once;
+    node.SHARED_PREFIX = True
     # during training, compute class features only for tasks present in the batch;
     node.SKIP_ABSENT_TASKS = True
     # during evaluation, compute class features once per evaluation, not per batch.

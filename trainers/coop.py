@@ -109,12 +109,11 @@ class CoOpHead(PromptHead):
         if columns is None:
             columns = torch.arange(len(self.prompts), device=self.ctx.device)
         if self.csc:
-            ctx = self.ctx[columns]  # (C', n, W)
-        elif self.sharing == "task":
-            ctx = self.ctx[self.task_of_class[columns]]  # (C', n, W)
-        else:
-            ctx = self.ctx  # (n, W), the same for every row
-        return encoder(*self.prompts(ctx, columns))
+            return self.prompts.encode(encoder, self.ctx[columns], columns)  # (C', n, W) per row
+        if self.sharing == "task":  # one prefix [SOS] ctx_t per present task
+            tasks, pos = torch.unique(self.task_of_class[columns], return_inverse=True)
+            return self.prompts.encode(encoder, self.ctx[tasks], columns, groups=pos)
+        return self.prompts.encode(encoder, self.ctx, columns)  # (n, W), the same for every row
 
 
 @TRAINER_REGISTRY.register()

@@ -109,6 +109,34 @@ class PromptBuilder(nn.Module):
             x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return x, eot
 
+    def encode(self, encoder: nn.Module, ctx: Optional[torch.Tensor] = None,
+               rows: Optional[torch.Tensor] = None,
+               groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Text features ``(R, D)`` of the selected names' prompts through ``encoder``.
+
+        Args:
+            ctx: as in ``forward``, or ``(G, n_ctx, width)`` with ``groups``.
+            rows: indices of the names to encode (default: all, in order).
+            groups: which of ctx's ``G`` contexts every selected row uses ``(R,)``.
+
+        Rows that share a context share the prefix ``[SOS] ctx``: with the class
+        name at the end, the encoder computes it once per context
+        (``TextEncoder.encode_prefixed``); a context per row, no context or
+        another name position take the plain path.
+        """
+        shared = ctx is not None and (ctx.dim() == 2 or groups is not None)
+        if not (shared and self.n_ctx and self.order is None and hasattr(encoder, "encode_prefixed")):
+            if groups is not None:
+                ctx = ctx[groups]
+            return encoder(*self(ctx, rows))
+        emb = self.embedding if rows is None else self.embedding[rows]
+        eot = self.eot if rows is None else self.eot[rows]
+        if ctx.dim() == 2:
+            ctx, groups = ctx[None], torch.zeros(len(emb), dtype=torch.long, device=emb.device)
+        sos = emb[:1, :1].expand(len(ctx), -1, -1)  # the same [SOS] embedding in every row
+        prefix = torch.cat([sos, ctx.to(emb.dtype)], dim=1)  # (G, 1 + n_ctx, width)
+        return encoder.encode_prefixed(prefix, groups, emb[:, 1 + self.n_ctx:], eot)
+
 
 def _order(n_ctx: int, name_len: int, length: int, position: str) -> torch.Tensor:
     """Source index of every output token, reading from the ``end`` layout.

@@ -220,16 +220,17 @@ class SoftCPTHead(PromptHead):
         if self.csc:  # c_tj = G(x_tj): (C', N_CTX, W)
             x = self.meta_input(encoder, columns, f[task_pos])  # (C', 2D) or (C', D)
             ctx = self.meta_net(x).view(-1, self.n_ctx, self.width)
-        else:  # c_t = reshape(f_t W), used by every class of task t: (C', N_CTX, W)
-            ctx = self.meta_net(f).view(-1, self.n_ctx, self.width)[task_pos]
-        return encoder(*self.class_prompts(ctx, columns))  # h_tj: (C', D)
+        else:  # c_t = reshape(f_t W), used by every class of task t (one shared prefix per task)
+            ctx = self.meta_net(f).view(-1, self.n_ctx, self.width)  # (T', N_CTX, W)
+            return self.class_prompts.encode(encoder, ctx, columns, groups=task_pos)  # h_tj: (C', D)
+        return self.class_prompts.encode(encoder, ctx, columns)  # h_tj: (C', D)
 
     def task_features(self, encoder: nn.Module, tasks: torch.Tensor) -> torch.Tensor:
         """f_t = TextEncoder([SOS] P(t) <task name t> . [EOS]) for ``tasks``: (T', D), fp32."""
         ctx = self.task_ctx
         if ctx is not None and ctx.dim() == 3:
             ctx = ctx[tasks]  # (T', m, W)
-        return encoder(*self.task_prompts(ctx, tasks)).float()
+        return self.task_prompts.encode(encoder, ctx, tasks).float()
 
     def meta_input(self, encoder: nn.Module, columns: torch.Tensor,
                    f: torch.Tensor) -> torch.Tensor:
@@ -237,7 +238,7 @@ class SoftCPTHead(PromptHead):
         ctx = self.class_ctx
         if ctx is not None and ctx.dim() == 3:
             ctx = ctx[columns]  # (C', k, W)
-        g = encoder(*self.class_q_prompts(ctx, columns)).float()  # (C', D)
+        g = self.class_q_prompts.encode(encoder, ctx, columns).float()  # (C', D)
         if self.meta_kind == "lin":
             return torch.cat([g, f], dim=-1)  # class feature first: (C', 2D)
         if self.meta_kind == "linmean":

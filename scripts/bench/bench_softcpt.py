@@ -24,6 +24,15 @@ random-weight ``--backbones``, the real data pipeline) twice, each time with a f
 built trainer sharing one cache folder, as two runs of a sweep do: the first encodes
 and stores the features, the second reads them and encodes no image (counted).
 
+With ``--text-side`` it prints instead the text side of one training step
+(forward, backward, SGD step; image features given; every class encoded) for
+the heads of ``--text-heads``, on class names of 1 to 12 tokens: the reference's
+77-token path, then TRUNCATE_TEXT, + LENGTH_BUCKETS, + SHARED_PREFIX added in
+turn. General-10's full size (README.md, "Speed"):
+
+    python scripts/bench/bench_softcpt.py --text-side --backbones ViT-B/16 --scale 1 \
+        --ref-scale 0.1 --batch-size 32 --repeats 0
+
 Peak memory is what the step allocates on top of the model: torch's counter on
 CUDA, and on CPU the largest total size of tensor storages alive at once while
 the step runs (tracked op by op in the untimed warm-up run). Each row runs
@@ -58,6 +67,8 @@ from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.backbone import load_clip  # noqa: E402
 from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.losses import multitask_loss, training_columns  # noqa: E402
+from trainers.coop import CoOpHead  # noqa: E402
+from trainers.prompt import num_tokens  # noqa: E402
 from trainers.softcpt import VARIANT_KEYS, VARIANTS, SoftCPTHead  # noqa: E402
 
 # General-10 in task order (../shared/BENCHMARKS.md): (key, class count, task name).
@@ -78,6 +89,24 @@ def general10(scale: float) -> TaskInfo:
         n = max(1, math.ceil(scale * k))
         noun = name.split()[0]
         classnames.append(tuple(f"{WORDS[(j + t) % 10]} {noun} {j}" for j in range(n)))
+    return TaskInfo(tuple(k for k, _, _ in GENERAL10), tuple(n for _, _, n in GENERAL10),
+                    tuple(classnames), ("overall_acc",) * len(GENERAL10))
+
+
+# Words per class name in the text-side benchmark, cycled over classes: 1 to 12 tokens
+# (each word is one BPE token), mostly short as in General-10, a few long ones.
+NAME_WORDS = (1, 1, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12)
+
+
+def general10_varied(scale: float) -> TaskInfo:
+    """General-10's tasks with ceil(scale * K_t) classes each; names of 1 to 12 tokens."""
+    classnames = []
+    for t, (_, k, name) in enumerate(GENERAL10):
+        noun = name.split()[0]
+        n = max(1, math.ceil(scale * k))
+        words = [NAME_WORDS[(5 * j + t) % len(NAME_WORDS)] for j in range(n)]
+        classnames.append(tuple(" ".join([WORDS[(j + i) % 10] for i in range(w - 1)] + [noun])
+                                for j, w in enumerate(words)))
     return TaskInfo(tuple(k for k, _, _ in GENERAL10), tuple(n for _, _, n in GENERAL10),
                     tuple(classnames), ("overall_acc",) * len(GENERAL10))
 
@@ -309,6 +338,86 @@ def bench_eval_cache(name: str, args: argparse.Namespace, device: torch.device) 
         print(f"{run:<32}{seconds:>10.2f}{wall:>10.2f}{count:>16}{score:>8.2f}")
     print(f"speed-up of the second run: {rows[0][1] / rows[1][1]:.1f}x; cache file {size / 2 ** 20:.2f} MiB; "
           f"hashing the image encoder's weights (part of both runs): {hash_s:.2f} s wall")
+# Text-side rows: (label, TRUNCATE_TEXT, LENGTH_BUCKETS, SHARED_PREFIX), each adding one speed-up.
+TEXT_ROWS = [("77 tokens (reference path)", False, False, False), ("+ TRUNCATE_TEXT", True, False, False),
+             ("+ LENGTH_BUCKETS", True, True, False), ("+ SHARED_PREFIX", True, True, True)]
+TEXT_HEADS = ("NATA", "NATS", "CATA", "CATS", "CSTA", "CoOp-CA", "CoOp-MT")
+
+
+def text_head(kind: str, clip_model: torch.nn.Module, info: TaskInfo) -> torch.nn.Module:
+    """A SoftCPT variant's head (spec defaults: N_CTX 16, TASK_N_CTX 4, CLASS_N_CTX 4) or
+    CoOp's with 16 context vectors per task (CA) or for all tasks (MT)."""
+    if kind.startswith("CoOp"):
+        return CoOpHead(info, clip_model.token_embedding, n_ctx=16,
+                        sharing="task" if kind == "CoOp-CA" else "all")
+    kwargs = dict(zip((k.lower() for k in VARIANT_KEYS), VARIANTS[kind]))
+    return SoftCPTHead(info.names, info.classnames, clip_model.token_embedding,
+                       clip_model.text_projection.shape[1], **kwargs)
+
+
+def bench_text_side(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    """The text side of one training step (image features given) at General-10's size:
+    the reference's 77-token path, then each text speed-up added in turn.
+
+    Rows marked ``*`` (the plain path: 77 tokens, truncated, length buckets) run at
+    ``--ref-scale`` and are scaled up linearly by the class count: on the plain path
+    every class adds the same rows (the longest name, hence the truncation, is the same),
+    and at full size the 77-token step does not fit in a small machine's memory (~30 GB).
+    Their per-call overhead is scaled up too, so their times are if anything too high
+    for the length buckets. The shared-prefix row runs at ``--scale``.
+    """
+    clip_model = load_clip(name, precision=args.prec, device=device, pretrained=False)
+    info, ref_info = general10_varied(args.scale), general10_varied(args.ref_scale or args.scale)
+    factor = len(info.all_classnames) / len(ref_info.all_classnames)
+    lengths = torch.tensor([num_tokens(c) for c in info.all_classnames]).float()
+    ref_max = max(num_tokens(c) for c in ref_info.all_classnames)
+    g = torch.Generator().manual_seed(1)
+    u = torch.nn.functional.normalize(torch.randn(args.batch_size, clip_model.text_projection.shape[1],
+                                                  generator=g), dim=-1).to(device)
+    print(f"\n## text side of a training step, {name} text tower, random weights: "
+          f"{len(info.all_classnames)} classes in {info.num_tasks} tasks (scale {args.scale}), names of "
+          f"{int(lengths.min())} to {int(lengths.max())} tokens (mean {lengths.mean():.2f}), batch "
+          f"{args.batch_size}, image features given, every class encoded (SKIP_ABSENT_TASKS off), "
+          f"{args.prec}, {device}")
+    if factor != 1:
+        print(f"* measured on {len(ref_info.all_classnames)} classes (scale {args.ref_scale}, longest "
+              f"name {ref_max} tokens as at full size) and multiplied by {factor:.2f}")
+    print(f"{'head / text speed-ups':<36}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>11}{'memory':>9}")
+
+    def step(kind: str, task_info: TaskInfo, switches: tuple) -> Callable[[], None]:
+        torch.manual_seed(0)
+        head = text_head(kind, clip_model, task_info).to(device)
+        model = MultiTaskCLIP(clip_model, head, *switches).to(device)
+        optim = torch.optim.SGD(head.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+        toc = head.task_of_class
+        labels = torch.randint(0, len(toc), (args.batch_size,), generator=torch.Generator().manual_seed(2))
+        labels = labels.to(device)
+        scale = model.logit_scale.exp().float()
+
+        def run() -> None:
+            logits = scale * u @ model.text_features().t()
+            loss = multitask_loss(logits, labels, toc[labels], toc)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        return run
+
+    for kind in args.text_heads:
+        scaled = [factor if not shared else 1.0 for *_, shared in TEXT_ROWS]
+        fns = [step(kind, ref_info if f != 1 else info, switches)
+               for (_, *switches), f in zip(TEXT_ROWS, scaled)]
+        peaks, times = [], []
+        for fn in fns:  # the memory run is the warm-up; with --repeats 0 (CPU) it is also timed
+            start = clock(device)
+            peaks.append(peak_bytes(fn, device) / 2 ** 20)
+            times.append(clock(device) - start)
+        if args.repeats or device.type == "cuda":
+            times = timed_rows(fns, device, max(args.repeats, 1))
+        peaks = [f * m for f, m in zip(scaled, peaks)]
+        times = [f * t for f, t in zip(scaled, times)]
+        for (label, *_), t, m, f in zip(TEXT_ROWS, times, peaks, scaled):
+            label = f"{kind}: {label}" + ("*" if f != 1 else "")
+            print(f"{label:<36}{t:>10.2f}{times[0] / t:>9.1f}x{m:>11.0f}{peaks[0] / m:>8.1f}x", flush=True)
 
 
 def main(argv=None) -> None:
@@ -317,7 +426,9 @@ def main(argv=None) -> None:
     p.add_argument("--scale", type=float, default=0.05, help="fraction of General-10's class counts")
     p.add_argument("--batch-size", type=int, default=8, help="train and test batch size")
     p.add_argument("--eval-batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median), after a warm-up")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per row (median), after a warm-up; --text-side on CPU: 0 times "
+                        "the warm-up run (which also measures memory, at ~1%% overhead)")
     p.add_argument("--variant", default="NATA", choices=sorted(VARIANTS))
     p.add_argument("--prec", default="fp32", choices=["fp32", "fp16"], help="fp16 needs CUDA")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -325,6 +436,14 @@ def main(argv=None) -> None:
     p.add_argument("--eval-cache", action="store_true",
                    help="measure the image-feature cache instead: one test set evaluated twice")
     p.add_argument("--eval-images", type=int, default=200, help="about this many test images (--eval-cache)")
+    p.add_argument("--text-side", action="store_true",
+                   help="instead: the text side of a training step with each text speed-up added in "
+                        "turn (use --scale 1 --batch-size 32 --repeats 1 for General-10's full size)")
+    p.add_argument("--ref-scale", type=float, default=0.0,
+                   help="--text-side: run the plain-path rows (77 tokens, truncated, buckets) at this "
+                        "scale and scale them up linearly (0: at --scale)")
+    p.add_argument("--text-heads", nargs="+", default=["NATA", "NATS", "CATA", "CoOp-CA"],
+                   choices=TEXT_HEADS, help="heads measured by --text-side")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -335,6 +454,8 @@ def main(argv=None) -> None:
     for name in args.backbones:
         if args.eval_cache:
             bench_eval_cache(name, args, device)
+        elif args.text_side:
+            bench_text_side(name, args, device)
         else:
             bench_backbone(name, args, device)
 
