@@ -1,6 +1,6 @@
 """CLIP's text tower fed with token embeddings instead of token ids.
 
-SPEC: add the positional embedding, run the causal transformer, apply the final
+docs/method.md#prompts-and-the-text-encoder: add the positional embedding, run the causal transformer, apply the final
 layer norm, read the output at the EOS position and project it. Because the
 mask is causal and only the EOS output is read, tokens after the last EOS of the
 batch cannot change the result: cutting them off is exact and saves most of the
