@@ -108,15 +108,15 @@ def test_every_referenced_file_and_anchor_exists():
 
 def test_the_checker_finds_what_it_should(tmp_path, monkeypatch):
     """The scan catches a missing file, a missing anchor and an outside note; it skips patterns."""
-    doc = REPO / "docs" / "method.md"
+    doc = REPO / "docs" / "example.md"  # never written: its text is given below
     text = ("see SPEC.md, [x](../DATASETS.md#no-such-heading), docs/method.md#variants, "
             "scripts/nothing_here.sh and configs/trainers/<Trainer>/*.yaml")
     monkeypatch.setattr(Path, "read_text", lambda self: text if self == doc else _read(self))
     monkeypatch.setattr("test_references.scanned_files", lambda: [doc])
     problems = broken_references()
-    assert "docs/method.md: SPEC.md does not exist" in problems
-    assert "docs/method.md: ../DATASETS.md#no-such-heading is not a heading of ../DATASETS.md" in problems
-    assert "docs/method.md: scripts/nothing_here.sh does not exist" in problems
+    assert "docs/example.md: SPEC.md does not exist" in problems
+    assert "docs/example.md: ../DATASETS.md#no-such-heading is not a heading of ../DATASETS.md" in problems
+    assert "docs/example.md: scripts/nothing_here.sh does not exist" in problems
     assert len(problems) == 3
 
 
