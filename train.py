@@ -5,9 +5,10 @@
         --config-file configs/trainers/SoftCPT/tiny.yaml \
         --output-dir output/toy/SoftCPT/seed1 [KEY VALUE ...]
 
-Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), an unknown
-config key or trainer name fails with the valid choices, and a finished run
-leaves a ``done`` marker in its output directory, written last.
+Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), bad config
+input (unknown key or trainer, wrong type, out of range, missing file, YAML error)
+ends in one message that says what to change (README.md#troubleshooting), and a
+finished run leaves a ``done`` marker in its output directory, written last.
 """
 from __future__ import annotations
 
