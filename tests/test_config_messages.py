@@ -23,6 +23,13 @@ from trainers.softcpt import check_softcpt_cfg, resolve_variant  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def logs(caplog):
+    """caplog with Dassl's import-time logging.disable(WARNING) undone, as train.py does."""
+    logging.disable(logging.NOTSET)
+    return caplog
+
+
 def parse(argv):
     return train.setup_cfg(train.build_parser().parse_args(argv))
 
@@ -123,24 +130,24 @@ def test_dataset_refuses_negative_shots_too(data_root):
         DATASET_REGISTRY.get("ImageFolder")(cfg)
 
 
-def test_zero_shots_train_on_everything_and_say_so(data_root, caplog):
+def test_zero_shots_train_on_everything_and_say_so(data_root, logs):
     write_image_folder(data_root, "pics", ["a", "b"], 10)
     cfg = make_dataset_cfg(data_root, "ImageFolder", shots=0, DATASET__IMAGE_FOLDER__DIR="pics")
-    with caplog.at_level(logging.INFO, logger="datasets"):
+    with logs.at_level(logging.INFO, logger="datasets"):
         ds = DATASET_REGISTRY.get("ImageFolder")(cfg)
     assert len(ds.train_x) == 10
-    assert "pics: DATASET.NUM_SHOTS 0: training on the whole training set (10 images)" in caplog.text
+    assert "pics: DATASET.NUM_SHOTS 0: training on the whole training set (10 images)" in logs.text
 
 
-def test_a_class_without_val_or_test_images_is_named(data_root, caplog):
+def test_a_class_without_val_or_test_images_is_named(data_root, logs):
     folder = write_image_folder(data_root, "pics", ["a", "b"], 10)
     write_image(os.path.join(folder, "lonely", "0.jpg"))  # 1 image: train only
     cfg = make_dataset_cfg(data_root, "ImageFolder", DATASET__IMAGE_FOLDER__DIR="pics")
-    with caplog.at_level(logging.WARNING, logger="datasets"):
+    with logs.at_level(logging.WARNING, logger="datasets"):
         DATASET_REGISTRY.get("ImageFolder")(cfg)
-    assert "1 class(es) have training images but no validation image" in caplog.text
+    assert "1 class(es) have training images but no validation image" in logs.text
     assert "1 class(es) have training images but no test image, so they are never scored on " \
-           "it: 'lonely'" in caplog.text
+           "it: 'lonely'" in logs.text
 
 
 # ------------------------------------------------------------------ from the shell
@@ -161,5 +168,6 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch, tmp_path):
     def boom(cfg):
         raise RuntimeError("a bug, not a bad input")
     monkeypatch.setattr(train, "build_trainer", boom)
+    monkeypatch.setattr(train, "collect_env_info", lambda: "")  # slow, and beside the point
     with pytest.raises(RuntimeError, match="a bug"):
         train.main(["--trainer", "SoftCPT", "--output-dir", str(tmp_path)])
