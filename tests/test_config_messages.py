@@ -159,7 +159,7 @@ def test_the_command_line_prints_messages_not_tracebacks(tmp_path):
                            (["--config-file", "configs/nope.yaml"], "error: --config-file configs/"
                             "nope.yaml: no such file (configs/ has no .yaml file; folders: datasets/, trainers/")]:
         done = subprocess.run([sys.executable, "-c", script, "--output-dir", str(tmp_path), *args],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode == 1
         assert expected in done.stderr and "Traceback" not in done.stderr
 
