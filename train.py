@@ -5,12 +5,13 @@
         --config-file configs/trainers/SoftCPT/tiny.yaml \
         --output-dir output/toy/SoftCPT/seed1 [KEY VALUE ...]
 
-Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), an unknown
-config key or trainer name fails with the valid choices, a finished run leaves a
-``done`` marker in its output directory, written last, every attempt of a run
-(and the error that ends one) goes to the same ``log.txt``, and ``--eval-only``
-never writes into a training run's folder or into ``./output`` unasked: its
-results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``.
+Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), bad config
+input (unknown key or trainer, wrong type, out of range, missing file, YAML error)
+ends in one message that says what to change (README.md#troubleshooting), a
+finished run leaves a ``done`` marker in its output directory, written last, every
+attempt of a run (and the error that ends one) goes to the same ``log.txt``, and
+``--eval-only`` never writes into a training run's folder or into ``./output``
+unasked: its results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``.
 """
 from __future__ import annotations
 
@@ -43,12 +44,9 @@ import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
 from datasets.errors import DatasetError  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
 from trainers.checkpoint import CheckpointError  # noqa: E402
-from trainers.config import extend_cfg  # noqa: E402
+from trainers.config import ConfigError, check_values, extend_cfg  # noqa: E402,F401
+from trainers.config_merge import merge_file, merge_list  # noqa: E402
 from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
-
-
-class ConfigError(ValueError):
-    """A config file or command-line option names a key or value that does not exist."""
 
 
 class Stopped(BaseException):
@@ -92,37 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _all_keys(node, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in node.items():
-        full = f"{prefix}{k}"
-        out.extend(_all_keys(v, full + ".") if isinstance(v, dict) else [full])
-    return out
-
-
-def _merge(cfg, source: str, merge) -> None:
-    """Run a yacs merge, turning its bare KeyError into an actionable message."""
-    try:
-        merge()
-    except (KeyError, AssertionError) as err:  # yacs: KeyError from files, AssertionError from lists
-        message = str(err).strip("'\"")
-        if "Non-existent" not in message:
-            raise ConfigError(f"{source}: {message}") from None
-        bad = message.split(": ", 1)[-1]
-        near = difflib.get_close_matches(bad, _all_keys(cfg), n=5, cutoff=0.6)
-        hint = f" Did you mean one of {near}?" if near else ""
-        raise ConfigError(f"{source}: unknown config key {bad!r}.{hint} "
-                          "Valid keys are those printed by `python train.py --help-config`; "
-                          "see README.md#configuration.") from None
-
-
 def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg_default()
     extend_cfg(cfg)
     if args.dataset_config_file:
-        _merge(cfg, args.dataset_config_file, lambda: cfg.merge_from_file(args.dataset_config_file))
+        merge_file(cfg, args.dataset_config_file, "--dataset-config-file")
     if args.config_file:
-        _merge(cfg, args.config_file, lambda: cfg.merge_from_file(args.config_file))
+        merge_file(cfg, args.config_file, "--config-file")
     for flag, key in [("root", "DATASET.ROOT"), ("output_dir", "OUTPUT_DIR"), ("resume", "RESUME"),
                       ("source_domains", "DATASET.SOURCE_DOMAINS"),
                       ("target_domains", "DATASET.TARGET_DOMAINS"), ("transforms", "INPUT.TRANSFORMS"),
@@ -130,12 +104,13 @@ def setup_cfg(args: argparse.Namespace):
                       ("head", "MODEL.HEAD.NAME")]:
         value = getattr(args, flag)
         if value:
-            cfg.merge_from_list([key, value])
+            merge_list(cfg, [key, value], f"--{flag.replace('_', '-')}")
     if args.seed is not None:  # unlike CoOp, --seed 0 is honoured
         cfg.SEED = args.seed
     if args.config_file:  # recorded in results.json
         cfg.CONFIG_NAME = osp.splitext(osp.basename(args.config_file))[0]
-    _merge(cfg, "command line", lambda: cfg.merge_from_list(args.opts or []))
+    merge_list(cfg, args.opts or [])
+    check_values(cfg)
     if args.eval_only:
         explicit = bool(args.output_dir) or "OUTPUT_DIR" in (args.opts or [])[::2]
         cfg.OUTPUT_DIR = eval_output_dir(cfg.OUTPUT_DIR if explicit else "", args.model_dir,

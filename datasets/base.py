@@ -14,7 +14,7 @@ from typing import Optional
 from dassl.data.datasets import DatasetBase, Datum
 
 from .errors import DOWNLOAD_CMD, DatasetError
-from .fewshot import check_subsample, fewshot_splits, subsample_classes
+from .fewshot import check_subsample, fewshot_splits, subsample_classes, warn_unscored_classes
 from .files import data_root
 from .splits import read_split_file
 from .task_info import DEFAULT_TEMPLATE, TaskInfo
@@ -32,7 +32,7 @@ class FewShotDataset(DatasetBase):
 
     dataset_dir = ""  # folder under $DATA (replaced by the absolute path on the instance, as CoOp)
     section = ""  # DATASETS.md section named in errors
-    metric = "overall_acc"  # "overall_acc" or "mean_acc" (BENCHMARKS.md)
+    metric = "overall_acc"  # "overall_acc" or "mean_acc" (docs/benchmarks.md)
     template = DEFAULT_TEMPLATE  # zero-shot template with one {}
     task_name = ""  # default task name fed to SoftCPT's prompt
     val_is_test = False  # ImageNet: no val split, val = test, few-shot on train only
@@ -47,6 +47,7 @@ class FewShotDataset(DatasetBase):
         train, val = fewshot_splits(train, val, num_shots=cfg.DATASET.NUM_SHOTS, seed=cfg.SEED,
                                     dataset_dir=self.dataset_dir, name=self.key, section=self.section)
         train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        warn_unscored_classes(self.key, train, None if self.val_is_test else val, test)
         super().__init__(train_x=train, val=test if self.val_is_test else val, test=test)
         self.task_info = self.make_task_info()
 

@@ -17,6 +17,11 @@ MEMBER_NODES = ("IMAGE_FOLDER", "FASHION20", "MULTITASK")
 def add_dataset_config(cfg: CN) -> None:
     """Add the dataset keys to ``cfg`` (a Dassl default config)."""
     d = cfg.DATASET
+    # Shots per class drawn from the training split; 0 = the whole training set.
+    # Dassl's default -1 means the same, but a negative value is refused here
+    # (trainers/config.py::check_values), so the default becomes 0.
+    if d.get("NUM_SHOTS") == -1:
+        d.NUM_SHOTS = 0
     # CoOp's base-to-new split, applied after the few-shot draw and, in a
     # multi-task dataset, inside each task: "all" (every class), "base" (first
     # ceil(K/2) labels) or "new" (the rest, relabelled from 0). DATASETS.md#base-to-new

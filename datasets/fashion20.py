@@ -1,6 +1,6 @@
 """Fashion-20: one attribute task per folder, class names from ``task_info.csv``.
 
-Layout (BENCHMARKS.md): ``fashion20/images/<task id>/<class id>/*.jpg`` and
+Layout (DATASETS.md#fashion-20): ``fashion20/images/<task id>/<class id>/*.jpg`` and
 ``fashion20/task_info.csv`` (tab-separated, one header row; columns: ignored,
 task name, ignored, comma-separated class names in class-id order). One task
 is one dataset (``DATASET.FASHION20.TASK``); configs/datasets/fashion20.yaml

@@ -59,13 +59,19 @@ def fewshot_splits(train: list[Datum], val: Optional[list[Datum]], *, num_shots:
 
     Args:
         train, val: the full splits (``val`` None: only train is sampled, as ImageNet).
-        num_shots: ``DATASET.NUM_SHOTS``; below 1 returns the splits unchanged.
+        num_shots: ``DATASET.NUM_SHOTS``; 0 returns the splits unchanged (the whole
+            training set, as Dassl does for any value below 1); negative is an error.
         seed: ``SEED``; the cache file is named after it.
         dataset_dir: where ``split_fewshot/`` lives.
         name: dataset name for messages.
         section: DATASETS.md section for messages.
     """
-    if num_shots < 1:
+    if num_shots < 0:
+        raise DatasetError(f"{name}: DATASET.NUM_SHOTS is {num_shots}; use a number of shots per "
+                           "class >= 1, or 0 for the whole training set", "few-shot-sampling-and-cache")
+    if num_shots == 0:
+        logger.info("%s: DATASET.NUM_SHOTS 0: training on the whole training set (%d images), "
+                    "no few-shot draw", name, len(train))
         return train, val
     path = cache_path(dataset_dir, num_shots, seed)
     if os.path.exists(path):
@@ -148,6 +154,22 @@ def _lookup(impath: str, index: dict[str, Datum]) -> Optional[Datum]:
         if hit is not None:
             return hit
     return None
+
+
+def warn_unscored_classes(name: str, train: list[Datum], val: Optional[list[Datum]],
+                          test: list[Datum]) -> None:
+    """Warn, naming them, about training classes that have no validation or no test image:
+    they are trained but never scored (a class folder too small for its split ratios)."""
+    classes = {d.label: d.classname for d in train}
+    for split, items in (("validation", val), ("test", test)):
+        if items is None:
+            continue
+        missing = sorted(set(classes) - {d.label for d in items})
+        if missing:
+            listed = ", ".join(repr(classes[y]) for y in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            logger.warning("%s: %d class(es) have training images but no %s image, so they are "
+                           "never scored on it: %s (add images to these classes, or change the "
+                           "split; see %s)", name, len(missing), split, listed, see("split-files"))
 
 
 def subsample_classes(*splits: Optional[list[Datum]], subsample: str = "all") -> list:

@@ -22,7 +22,7 @@ class TaskInfo:
     Args:
         keys: short identifier of each task (a dataset name, e.g. ``"OxfordPets"``),
             used in tables and ``results.json``.
-        names: the task name fed to the prompt (SPEC: "task name t").
+        names: the task name fed to the prompt (docs/method.md#forward-pass, step 1).
         classnames: per task, its class names in local label order.
         metrics: per task, ``"overall_acc"`` or ``"mean_acc"``.
         templates: per task, a zero-shot template with one ``{}``.
@@ -84,7 +84,7 @@ class TaskInfo:
 
 
 # CoOp's datasets whose declared metric is the mean of per-class accuracies
-# (../shared BENCHMARKS.md); every other dataset reports plain top-1.
+# (docs/benchmarks.md); every other dataset reports plain top-1.
 MEAN_ACC_DATASETS = frozenset({"Caltech101", "FGVCAircraft", "OxfordFlowers", "OxfordPets"})
 
 

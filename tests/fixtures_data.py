@@ -167,7 +167,7 @@ def write_imagenet(root: str, per_class: int = 5) -> str:
     return base
 
 
-def make_dataset_cfg(root: str, name: str = "", seed: int = 1, shots: int = -1, yaml: str = "", **keys):
+def make_dataset_cfg(root: str, name: str = "", seed: int = 1, shots: int = 0, yaml: str = "", **keys):
     """A Dassl default config with this project's dataset keys, for building datasets in tests.
 
     ``keys`` are dotted config keys with "__" for ".", e.g. DATASET__SUBSAMPLE_CLASSES="base".

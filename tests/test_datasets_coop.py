@@ -20,7 +20,7 @@ from datasets.errors import DatasetError  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 
-# BENCHMARKS.md, General-10 table: metric and zero-shot template per member.
+# docs/benchmarks.md#general-10: metric and zero-shot template per member.
 BENCHMARK = {
     "Caltech101": ("mean_acc", "a photo of a {}."),
     "DescribableTextures": ("overall_acc", "{} texture."),
@@ -61,7 +61,7 @@ def test_dataset_configs_use_coop_names():
 
 @pytest.mark.parametrize("name", list(GENERAL10))
 def test_adapter_parses_its_real_layout(name, general10_root):
-    """Class count and names match the split file; every split is read; task info as BENCHMARKS.md."""
+    """Class count and names match the split file; every split is read; task info as docs/benchmarks.md."""
     root, fakes = general10_root
     ds = build(root, name)
     fake = fakes[name]

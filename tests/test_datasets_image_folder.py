@@ -16,7 +16,7 @@ from datasets import image_folder  # noqa: E402
 from datasets.image_folder import readable, split_counts  # noqa: E402
 
 
-def build(root: str, shots: int = -1, **keys):
+def build(root: str, shots: int = 0, **keys):
     keys = {f"DATASET__IMAGE_FOLDER__{k}": v for k, v in keys.items()}
     return DATASET_REGISTRY.get("ImageFolder")(make_dataset_cfg(root, "ImageFolder", shots=shots, **keys))
 

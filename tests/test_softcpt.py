@@ -1,4 +1,4 @@
-"""SoftCPT head on the tiny backbone against a plain, step-by-step computation of SPEC.md.
+"""SoftCPT head on the tiny backbone against a plain, step-by-step computation of docs/method.md.
 
 The reference below builds every prompt token by token and encodes it alone
 with the full 77-token causal transformer, as CLIP's ``encode_text`` does; it
@@ -73,7 +73,7 @@ def ref_encode(clip, prompt_and_eos):
 
 
 def ref_class_features(clip, head, node):
-    """h_tj for every class of every task, task 1 first (SPEC steps 1-3), not normalised."""
+    """h_tj for every class of every task, task 1 first (docs/method.md#forward-pass, steps 1-3), not normalised."""
     P, Q, W = head.task_ctx, head.class_ctx, head.meta_net.weight  # W: (N_CTX*width, in)
     n_ctx = W.shape[0] // WIDTH
     feats, j_global = [], 0
@@ -109,7 +109,7 @@ def ref_logits_and_loss(clip, head, node, images, labels):
 
 
 def assert_close_rel(actual, expected):
-    """Within 1e-5 relative to the tensor's scale (SPEC 'Numerical contract')."""
+    """Within 1e-5 relative to the tensor's scale (docs/method.md#numerical-contract)."""
     scale = float(expected.abs().max())
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * max(scale, 1e-12))
 
@@ -139,7 +139,7 @@ def batch(tiny_clip):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x) for x in c[1::2]))
 def test_logits_and_loss_match_the_spec(tiny_clip, batch, case):
-    """Logits and loss == the step-by-step SPEC computation (fp32, 1e-5), speed-ups on and off."""
+    """Logits and loss == the step-by-step computation of docs/method.md (fp32, 1e-5), speed-ups on and off."""
     images, labels = batch
     head, node = build(tiny_clip, *case_opts(case))
     with torch.no_grad():

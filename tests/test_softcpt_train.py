@@ -46,7 +46,7 @@ def test_softcpt_is_registered_with_its_keys():
 
 @pytest.mark.parametrize("name, backbone", [("rn50_ep50", "RN50"), ("vit_b16_ep50", "ViT-B/16")])
 def test_protocol_configs(name, backbone):
-    """The shipped configs give SPEC.md's protocol once merged over the defaults."""
+    """The shipped configs give the protocol of docs/benchmarks.md and docs/method.md once merged over the defaults."""
     cfg = train.setup_cfg(train.build_parser().parse_args(
         ["--config-file", f"configs/trainers/SoftCPT/{name}.yaml"]))
     o = cfg.OPTIM

@@ -53,7 +53,7 @@ class PromptHead(nn.Module):
 
 
 class MultiTaskCLIP(nn.Module):
-    """Frozen CLIP + a prompt head: logits over the classes of every task (SPEC step 5)."""
+    """Frozen CLIP + a prompt head: logits over the classes of every task (docs/method.md#forward-pass, step 5)."""
 
     def __init__(self, clip_model: nn.Module, head: PromptHead, truncate_text: bool = True,
                  length_buckets: bool = True, shared_prefix: bool = True) -> None:
@@ -133,7 +133,7 @@ class MultiTaskPromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ train
     def training_columns(self, labels: torch.Tensor) -> torch.Tensor:
-        """Global classes whose features this batch needs (SPEC "Loss")."""
+        """Global classes whose features this batch needs (docs/method.md#loss)."""
         rate = self.tcfg.get("CLS_SAMPLE_RATE", 0.0)
         return training_columns(labels, self.task_of_class, self.tcfg.SKIP_ABSENT_TASKS, rate)
 

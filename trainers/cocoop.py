@@ -25,7 +25,7 @@ from yacs.config import CfgNode as CN
 
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.config import add_prompt_keys
+from trainers.config import add_prompt_keys, check_int
 from trainers.prompt import PromptBuilder, init_context
 
 logger = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ class CoCoOp(MultiTaskPromptTrainer):
 
     def check_cfg(self, cfg: CN) -> None:
         node = cfg.TRAINER.COCOOP
-        if not node.CTX_INIT and (not isinstance(node.N_CTX, int) or node.N_CTX < 1):
-            raise ValueError(f"TRAINER.COCOOP.N_CTX is {node.N_CTX!r}; allowed: an integer >= 1.")
+        if not node.CTX_INIT:
+            check_int("TRAINER.COCOOP.N_CTX", node.N_CTX, 1)
 
     def build_head(self, clip_model: nn.Module, task_info: TaskInfo) -> PromptHead:
         head = CoCoOpHead.from_cfg(self.tcfg, clip_model, task_info)

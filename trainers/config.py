@@ -10,6 +10,14 @@ from typing import Callable
 
 from yacs.config import CfgNode as CN
 
+PRECISIONS = ("fp16", "fp32", "amp")
+
+
+class ConfigError(ValueError):
+    """A config file or option names a key, type or value that does not exist or is out
+    of range. The message names the key, what it accepts and the value given, so
+    ``train.py`` prints it without a traceback (README.md#troubleshooting)."""
+
 # Config hooks of trainers that live outside this package (examples/my_trainer.py).
 _EXTRA_HOOKS: list[Callable[[CN], None]] = []
 
@@ -29,9 +37,9 @@ def add_prompt_keys(node: CN) -> None:
     node.PREC = "fp16"
     # Optimizer and scheduler steps taken per batch on the same gradient. 1 is
     # plain training; the official SoftCPT code effectively used 3 (NA variants)
-    # or 4 (class-aware variants), see SPEC.md "Where the official code differs".
+    # or 4 (class-aware variants), see docs/method.md#differences-from-the-official-code.
     node.STEPS_PER_BATCH = 1
-    # Exact speed-ups, each switchable so it can be measured (SPEC.md):
+    # Exact speed-ups, each switchable so it can be measured (docs/method.md#speed-ups):
     # cut text sequences after the longest EOS of the batch;
     node.TRUNCATE_TEXT = True
     # with TRUNCATE_TEXT, encode rows grouped by EOS position, each cut at its own EOS;
@@ -76,3 +84,43 @@ def extend_cfg(cfg: CN) -> None:
     add_linear_probe_config(cfg)
     for hook in _EXTRA_HOOKS:
         hook(cfg)
+
+
+def bad_value(key: str, value, allowed: str) -> ConfigError:
+    """The one wording of an out-of-range value: key, value given, what is allowed."""
+    return ConfigError(f"{key} is {value!r}; allowed: {allowed}.")
+
+
+def check_int(key: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise bad_value(key, value, f"an integer >= {low}")
+
+
+def check_prompt_keys(node: CN, prefix: str) -> None:
+    """Ranges of the keys ``add_prompt_keys`` adds (``prefix``: e.g. ``TRAINER.COOP``)."""
+    if node.PREC not in PRECISIONS:
+        raise bad_value(f"{prefix}.PREC", node.PREC, f"one of {list(PRECISIONS)}")
+    check_int(f"{prefix}.STEPS_PER_BATCH", node.STEPS_PER_BATCH, 1)
+    for key in ("TRUNCATE_TEXT", "SKIP_ABSENT_TASKS", "CACHE_EVAL_TEXT"):
+        if not isinstance(node[key], bool):
+            raise bad_value(f"{prefix}.{key}", node[key], "True or False")
+
+
+def check_values(cfg: CN) -> None:
+    """Ranges of the common keys, checked once the config is merged and before any
+    data or model is built. Types were checked by the merge (trainers/config_merge.py);
+    each trainer checks its own node when it is built."""
+    shots = cfg.DATASET.NUM_SHOTS
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise bad_value("DATASET.NUM_SHOTS", shots, "an integer >= 0 (shots per class; 0 = the "
+                        "whole training set)")
+    lr = cfg.OPTIM.LR
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise bad_value("OPTIM.LR", lr, "a number > 0")
+    check_int("OPTIM.MAX_EPOCH", cfg.OPTIM.MAX_EPOCH, 1)
+    for split in ("TRAIN_X", "TEST"):
+        check_int(f"DATALOADER.{split}.BATCH_SIZE", cfg.DATALOADER[split].BATCH_SIZE, 1)
+    check_int("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, 0)
+    for name, node in cfg.TRAINER.items():
+        if isinstance(node, CN) and "STEPS_PER_BATCH" in node:
+            check_prompt_keys(node, f"TRAINER.{name}")

@@ -20,7 +20,7 @@ from yacs.config import CfgNode as CN
 
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.config import add_prompt_keys
+from trainers.config import ConfigError, add_prompt_keys
 from trainers.prompt import POSITIONS, PromptBuilder, init_context
 
 logger = logging.getLogger(__name__)
@@ -51,19 +51,19 @@ def add_coop_config(cfg: CN) -> None:
 def check_coop_cfg(node: CN) -> None:
     """Fail before building anything, naming the key and the allowed values."""
     if node.SHARING not in SHARINGS:
-        raise ValueError(f"TRAINER.COOP.SHARING is {node.SHARING!r}; allowed: {list(SHARINGS)} "
+        raise ConfigError(f"TRAINER.COOP.SHARING is {node.SHARING!r}; allowed: {list(SHARINGS)} "
                          "(task: CoOp-CA/CS, all: CoOp-MT).")
     if not isinstance(node.CSC, bool):
-        raise ValueError(f"TRAINER.COOP.CSC is {node.CSC!r}; allowed: True or False.")
+        raise ConfigError(f"TRAINER.COOP.CSC is {node.CSC!r}; allowed: True or False.")
     if node.CSC and node.SHARING == "all":
-        raise ValueError("TRAINER.COOP.CSC True gives every class its own context, which "
+        raise ConfigError("TRAINER.COOP.CSC True gives every class its own context, which "
                          "TRAINER.COOP.SHARING 'all' cannot share: use SHARING 'task' with CSC True "
                          "(CoOp-CS) or CSC False with SHARING 'all' (CoOp-MT).")
     if node.CLASS_TOKEN_POSITION not in POSITIONS:
-        raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION is {node.CLASS_TOKEN_POSITION!r}; "
+        raise ConfigError(f"TRAINER.COOP.CLASS_TOKEN_POSITION is {node.CLASS_TOKEN_POSITION!r}; "
                          f"allowed: {list(POSITIONS)}.")
     if not node.CTX_INIT and (not isinstance(node.N_CTX, int) or node.N_CTX < 1):
-        raise ValueError(f"TRAINER.COOP.N_CTX is {node.N_CTX!r}; allowed: an integer >= 1.")
+        raise ConfigError(f"TRAINER.COOP.N_CTX is {node.N_CTX!r}; allowed: an integer >= 1.")
 
 
 class CoOpHead(PromptHead):

@@ -1,4 +1,4 @@
-"""Multi-task evaluation (SPEC "Training and evaluation protocol").
+"""Multi-task evaluation (docs/benchmarks.md: per-task metrics and the benchmark score).
 
 The prediction for a test image is the argmax over its own task's classes.
 For every task: overall accuracy, mean per-class accuracy, and the task's

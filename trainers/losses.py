@@ -1,4 +1,4 @@
-"""The multi-task loss and the training-time choice of class columns (SPEC "Loss").
+"""The multi-task loss and the training-time choice of class columns (docs/method.md#loss).
 
 Logits are computed over a subset of the global classes (``columns``, sorted
 global labels): the classes of the tasks present in the batch, optionally
@@ -21,7 +21,7 @@ def own_task_mask(sample_task: torch.Tensor, column_task: torch.Tensor) -> torch
 
 def own_task_prediction(logits: torch.Tensor, sample_task: torch.Tensor,
                         column_task: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` argmax over each sample's own task's columns (SPEC: prediction)."""
+    """``(B,)`` argmax over each sample's own task's columns (docs/method.md#forward-pass: prediction)."""
     own = own_task_mask(sample_task, column_task)
     return logits.masked_fill(~own, float("-inf")).argmax(dim=1)
 

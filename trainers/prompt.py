@@ -52,7 +52,7 @@ class PromptBuilder(nn.Module):
     """Prompt embeddings for a fixed list of names with ``n_ctx`` context slots.
 
     Args:
-        names: task or class names; ``_`` becomes a space (SPEC).
+        names: task or class names; ``_`` becomes a space (docs/method.md#prompts-and-the-text-encoder).
         n_ctx: number of context vectors; 0 gives the plain ``<name> .`` prompt.
         token_embedding: CLIP's token embedding (frozen).
         position: where the name goes relative to the context: ``end`` (after

@@ -1,4 +1,4 @@
-"""SoftCPT: soft context sharing for multi-task prompt tuning (../shared/SPEC.md).
+"""SoftCPT: soft context sharing for multi-task prompt tuning (docs/method.md).
 
 A frozen CLIP is tuned through text context only. Per task t, a task prompt
 ``[SOS] P(t) <task name> . [EOS]`` gives the task feature f_t; a meta network G
@@ -19,13 +19,13 @@ from yacs.config import CfgNode as CN
 
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.config import add_prompt_keys
+from trainers.config import ConfigError, add_prompt_keys, bad_value
 from trainers.prompt import POSITIONS, PromptBuilder, init_context, num_tokens
 
 logger = logging.getLogger(__name__)
 
 META_NETS = ("lin", "linmean", "lincls")
-# The spec's variant table: values VARIANT gives the keys left unset (None).
+# The variant table of docs/method.md#variants: values VARIANT gives the keys left unset (None).
 # Every variant also uses N_CTX 16, TASK_N_CTX 4 and META_NET lin, the defaults.
 VARIANT_KEYS = ("CSC", "CLASS_N_CTX", "CLASS_CSC", "TASK_CSC")
 VARIANTS = {
@@ -42,7 +42,7 @@ def add_softcpt_config(cfg: CN) -> None:
     """Add ``TRAINER.SOFTCPT`` (called by ``trainers.config.extend_cfg``)."""
     node = cfg.TRAINER.SOFTCPT = CN()
     add_prompt_keys(node)
-    # Shortcut for the spec's variant table (NATA, NATS, CATA, CATS, CSTA, CSTS):
+    # Shortcut for the variant table (docs/method.md#variants) (NATA, NATS, CATA, CATS, CSTA, CSTS):
     # fills CSC, CLASS_N_CTX, CLASS_CSC and TASK_CSC where they are left None.
     # A key set explicitly (file or command line) always beats the variant.
     node.VARIANT = "NATA"
@@ -88,8 +88,8 @@ def resolve_variant(cfg: CN) -> CN:
     """
     node = cfg.TRAINER.SOFTCPT
     if node.VARIANT not in VARIANTS:
-        raise ValueError(f"TRAINER.SOFTCPT.VARIANT is {node.VARIANT!r}; allowed: "
-                         f"{sorted(VARIANTS)} (SPEC.md 'Variants').")
+        raise bad_value("TRAINER.SOFTCPT.VARIANT", node.VARIANT,
+                        f"{sorted(VARIANTS)} (docs/method.md#variants)")
     out = cfg.clone()
     out.defrost()
     for key, value in zip(VARIANT_KEYS, VARIANTS[node.VARIANT]):
@@ -103,10 +103,10 @@ def resolve_variant(cfg: CN) -> CN:
 def check_softcpt_cfg(node: CN) -> None:
     """Fail before training, naming the key, on a value the method does not define."""
     def bad(key, allowed):
-        return ValueError(f"TRAINER.SOFTCPT.{key} is {node[key]!r}; allowed: {allowed}.")
+        return bad_value(f"TRAINER.SOFTCPT.{key}", node[key], allowed)
 
     if node.VARIANT not in VARIANTS:
-        raise bad("VARIANT", sorted(VARIANTS))
+        raise bad("VARIANT", f"{sorted(VARIANTS)} (docs/method.md#variants)")
     for key in ("CSC", "CLASS_CSC", "TASK_CSC", "FREEZE_CLS_PROMPT"):
         if not isinstance(node[key], bool):
             raise bad(key, "True or False")
@@ -121,10 +121,10 @@ def check_softcpt_cfg(node: CN) -> None:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
         raise bad("CLS_SAMPLE_RATE", "a number in [0, 1] (0 = off)")
     if node.CLASS_CSC and not node.CSC:
-        raise ValueError("TRAINER.SOFTCPT.CLASS_CSC True needs TRAINER.SOFTCPT.CSC True: class "
+        raise ConfigError("TRAINER.SOFTCPT.CLASS_CSC True needs TRAINER.SOFTCPT.CSC True: class "
                          "context Q only feeds the class-aware meta input (variants CSTA/CSTS).")
     if node.META_NET != "lin" and not node.CSC:
-        raise ValueError(f"TRAINER.SOFTCPT.META_NET {node.META_NET!r} combines class and task "
+        raise ConfigError(f"TRAINER.SOFTCPT.META_NET {node.META_NET!r} combines class and task "
                          "features and needs TRAINER.SOFTCPT.CSC True; use 'lin' otherwise.")
     if not node.CSC and (node.CLASS_CTX_INIT or node.FREEZE_CLS_PROMPT):
         logger.warning("CLASS_CTX_INIT / FREEZE_CLS_PROMPT are ignored: CSC is False, so the "
@@ -132,7 +132,7 @@ def check_softcpt_cfg(node: CN) -> None:
 
 
 class SoftCPTHead(PromptHead):
-    """Task prompts -> meta network -> class prompts (SPEC "Forward pass").
+    """Task prompts -> meta network -> class prompts (docs/method.md#forward-pass).
 
     Args:
         task_names: the name of every task, fed to its task prompt.

@@ -71,7 +71,7 @@ from trainers.coop import CoOpHead  # noqa: E402
 from trainers.prompt import num_tokens  # noqa: E402
 from trainers.softcpt import VARIANT_KEYS, VARIANTS, SoftCPTHead  # noqa: E402
 
-# General-10 in task order (../shared/BENCHMARKS.md): (key, class count, task name).
+# General-10 in task order (docs/benchmarks.md#general-10): (key, class count, task name).
 GENERAL10 = [
     ("Caltech101", 100, "generic object recognition"), ("DescribableTextures", 47, "texture recognition"),
     ("EuroSAT", 10, "satellite land use classification"), ("FGVCAircraft", 100, "aircraft model recognition"),
