@@ -6,7 +6,9 @@ cache folder and loaded through the same path as real OpenAI checkpoints.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import sys
 
 import pytest
 import torch
@@ -34,6 +36,20 @@ def softcpt_cache(tmp_path_factory) -> str:
         os.environ.pop("SOFTCPT_CACHE", None)
     else:
         os.environ["SOFTCPT_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def project_logging_reset():
+    """Undo train.main's logging set-up after each test, so caplog sees records in any order."""
+    yield
+    logs = sys.modules.get("trainers.logs")
+    if logs is None:
+        return
+    for name in logs.PROJECT_LOGGERS:
+        log = logging.getLogger(name)
+        log.propagate = True
+        for handler in [h for h in log.handlers if isinstance(h, logs._CurrentStdout)]:
+            log.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
