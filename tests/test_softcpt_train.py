@@ -26,10 +26,11 @@ def toy_root(tmp_path_factory) -> str:
 
 
 def toy_trainer(root: str, *opts: str, config: str = "tiny"):
-    """A SoftCPT trainer on the toy benchmark (2 shots: one batch per epoch), no output dir."""
+    """A SoftCPT trainer on the toy benchmark (2 shots, batch 32: one batch per epoch), no output dir."""
     args = train.build_parser().parse_args([
         "--root", root, "--seed", "1", "--trainer", "SoftCPT", "--dataset-config-file", TOY,
-        "--config-file", f"configs/trainers/SoftCPT/{config}.yaml", "DATASET.NUM_SHOTS", "2", *opts])
+        "--config-file", f"configs/trainers/SoftCPT/{config}.yaml", "DATASET.NUM_SHOTS", "2",
+        "DATALOADER.TRAIN_X.BATCH_SIZE", "32", *opts])
     cfg = train.setup_cfg(args)
     set_random_seed(cfg.SEED)
     return build_trainer(cfg)

@@ -53,7 +53,7 @@ class PromptHead(nn.Module):
 
 
 class MultiTaskCLIP(nn.Module):
-    """Frozen CLIP + a prompt head: logits over the classes of every task (docs/method.md#forward-pass, step 5)."""
+    """Frozen CLIP + a prompt head: logits over the classes of every task (docs/method.md#forward-pass)."""
 
     def __init__(self, clip_model: nn.Module, head: PromptHead, truncate_text: bool = True,
                  length_buckets: bool = True, shared_prefix: bool = True) -> None:
