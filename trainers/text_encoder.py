@@ -172,7 +172,8 @@ def _plain_block(block: nn.Module) -> bool:
 
 
 def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor,
-           past: Optional[tuple[torch.Tensor, torch.Tensor]] = None, last: bool = False):
+           past: Optional[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None,
+           last: bool = False):
     """One residual block of open_clip on ``x`` ``(N, S, width)`` from its own weights.
 
     ``past``: keys and values ``(1, heads, P, d)`` of earlier tokens, and their additive
@@ -190,9 +191,8 @@ def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor,
     q = q * q.shape[-1] ** -0.5
     scores = q @ k.transpose(-1, -2) + mask.to(q.dtype)  # (N, h, S, S)
     if past is not None:
-        # scores against the prefix broadcast over rows: its keys are never copied per row
-        # einsum folds rows into the matrix product: a broadcast matmul would copy the
-        # prefix's keys and values once per row
+        # scores against the prefix: einsum folds rows into the matrix product, where a
+        # broadcast matmul would copy the prefix's keys and values once per row
         before = torch.einsum("nhsd,hpd->nhsp", q, past[0][0])  # (N, h, S, P)
         if past[2] is not None:
             before = before + past[2]
