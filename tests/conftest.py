@@ -60,6 +60,14 @@ def tiny_clip(softcpt_cache):
     return load_clip("tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_b16_clip(softcpt_cache):
+    """ViT-B/16's structure at small size (4 heads, 3 layers), fp32, frozen (shared: do not modify)."""
+    from trainers.backbone import load_clip
+    torch.set_num_threads(2)
+    return load_clip("tiny-b16")
+
+
 def _is_dassl_skip(report) -> bool:
     return report.skipped and DASSL_REASON in str(report.longrepr)
 

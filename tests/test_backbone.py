@@ -39,6 +39,17 @@ def test_tiny_is_written_once_and_loaded_like_real_weights(softcpt_cache, caplog
     assert a.visual.image_size == (32, 32)
 
 
+def test_tiny_b16_has_vit_b16s_structure_at_small_size(tiny_b16_clip):
+    """Several heads and layers in both towers, open_clip's plain blocks, read from an OpenAI file."""
+    for tower in (tiny_b16_clip.transformer, tiny_b16_clip.visual.transformer):
+        assert len(tower.resblocks) == 3
+        assert {type(b).__name__ for b in tower.resblocks} == {"ResidualAttentionBlock"}
+        assert {b.attn.num_heads for b in tower.resblocks} == {4}
+    assert tiny_b16_clip.text_projection.shape == (256, 128)  # width > joint dimension, as ViT-B/16
+    assert tiny_b16_clip.context_length == 77
+    assert os.path.isfile(tiny_checkpoint(name="tiny-b16"))
+
+
 def test_tiny_weights_depend_only_on_the_seed(tmp_path):
     other = torch.load(tiny_checkpoint(str(tmp_path)), weights_only=True)
     ours = torch.load(tiny_checkpoint(), weights_only=True)

@@ -11,6 +11,9 @@
 * ``tiny``: a small CLIP with seeded random weights, written to an OpenAI-format
   checkpoint and loaded through the same path as real weights. For tests and
   offline demos only: its accuracies mean nothing.
+* ``tiny-b16``: the same idea with ViT-B/16's structure at small size (4 attention
+  heads and 3 layers in each tower, open_clip's residual blocks), for tests whose
+  code splits heads or stacks layers; ``tiny`` has one head and two layers.
 
 ``MODEL.BACKBONE.PRETRAINED False`` builds the architecture with random weights
 (used by the benchmark script, which needs no download).
@@ -44,6 +47,7 @@ COOP_TO_OPENCLIP = {
     "ViT-L/14@336px": "ViT-L-14-336",
 }
 TINY = "tiny"
+TINY_B16 = "tiny-b16"
 PRECISIONS = ("fp16", "fp32", "amp")
 OPENAI_CACHE = osp.expanduser("~/.cache/clip")
 
@@ -96,9 +100,10 @@ def load_clip(
 
 def _build(name: str, pretrained_tag: str, weights_dtype: str, device: torch.device | str,
            pretrained: bool) -> nn.Module:
-    if name == TINY:
-        logger.warning("Backbone 'tiny' has random weights: its accuracies mean nothing.")
-        model = open_clip.load_openai_model(tiny_checkpoint(), precision=weights_dtype, device=device)
+    if name in TINY_MODELS:
+        logger.warning("Backbone %r has random weights: its accuracies mean nothing.", name)
+        model = open_clip.load_openai_model(tiny_checkpoint(name=name), precision=weights_dtype,
+                                            device=device)
     elif osp.isfile(name):
         model = open_clip.load_openai_model(name, precision=weights_dtype, device=device)
     elif not pretrained:
@@ -153,24 +158,32 @@ def _load_openclip_weights(name: str, tag: str, precision: str,
 
 
 # ----------------------------------------------------------------------------
-# The tiny backbone
+# The tiny backbones
 # ----------------------------------------------------------------------------
 TINY_SEED = 0
-TINY_VERSION = 1  # bump when the architecture below changes
+# Bump a version when its architecture below changes (the file name carries it).
+TINY_VERSIONS = {TINY: 1, TINY_B16: 1}
 
 
-def tiny_checkpoint(directory: Optional[str] = None) -> str:
-    """Path of the tiny CLIP's OpenAI-format checkpoint, written on first use.
+def tiny_checkpoint(directory: Optional[str] = None, name: str = TINY) -> str:
+    """Path of a tiny CLIP's OpenAI-format checkpoint, written on first use.
 
     The file lives in ``$SOFTCPT_CACHE`` (default ``~/.cache/softcpt``); its
     weights depend only on ``TINY_SEED``, so every machine writes the same file.
     """
     directory = directory or os.environ.get("SOFTCPT_CACHE", osp.expanduser("~/.cache/softcpt"))
-    path = osp.join(directory, f"tiny-clip-v{TINY_VERSION}.pt")
+    stem = "tiny-clip" if name == TINY else f"{name}-clip"
+    path = osp.join(directory, f"{stem}-v{TINY_VERSIONS[name]}.pt")
     if not osp.isfile(path):
         # Whole or not at all: a concurrent or interrupted run never reads half a file.
-        atomic_torch_save(build_tiny_clip().state_dict(), path)
+        atomic_torch_save(TINY_MODELS[name]().state_dict(), path)
     return path
+
+
+def _seeded_clip(embed_dim: int, vision: open_clip.CLIPVisionCfg, text: open_clip.CLIPTextCfg) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        return open_clip.CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
 
 
 def build_tiny_clip() -> nn.Module:
@@ -182,7 +195,20 @@ def build_tiny_clip() -> nn.Module:
     """
     vision = open_clip.CLIPVisionCfg(layers=2, width=64, patch_size=8, image_size=32)
     text = open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=True)
-    return model
+    return _seeded_clip(32, vision, text)
+
+
+def build_tiny_b16_clip() -> nn.Module:
+    """ViT-B/16's structure at small size: 4 heads of 64 dimensions and 3 layers per tower.
+
+    As ViT-B/16: a ViT image tower with a class token, a causal text tower of
+    open_clip's ResidualAttentionBlock with QuickGELU, CLIP's vocabulary and 77
+    tokens, a joint embedding narrower than the text width. Widths are 4 x 64
+    because an OpenAI state dict gives open_clip the head count as width / 64.
+    """
+    vision = open_clip.CLIPVisionCfg(layers=3, width=256, patch_size=8, image_size=32)
+    text = open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=256, heads=4, layers=3)
+    return _seeded_clip(128, vision, text)
+
+
+TINY_MODELS = {TINY: build_tiny_clip, TINY_B16: build_tiny_b16_clip}
