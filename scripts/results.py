@@ -49,7 +49,9 @@ SHOTS_DIR = re.compile(r"^(?P<cfg>.+)_(?P<shots>\d+)shots$")
 B2N_SHOTS_DIR = re.compile(r"^shots_(\d+)$")
 B2N_SPLIT_DIR = re.compile(r"^(train_base|test_base|test_new|test_all)$")
 ACCURACY = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
-TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:]+): .*score \(\w+\): (?P<score>[\.\deE+-]+)%")
+# A task's line, as printed now (ends "\tmetric: X%") or before (ends "score (<metric>): X%").
+TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:]+): .*(?:\tmetric|score \(\w+\)): "
+                       r"(?P<score>[\.\deE+-]+)%")
 ARGUMENT = re.compile(r"^(trainer|config_file|seed): (.*)$")
 NUM_SHOTS = re.compile(r"^\s*NUM_SHOTS: (-?\d+)$")
 END_SIGNALS = ("Finish training", "=> result")
