@@ -169,19 +169,30 @@ def write_similarity(stem: str, sim: np.ndarray, keys: Sequence[str], names: Seq
     atomic_write(stem + ".csv", buf.getvalue())
     written = [stem + ".csv"]
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = draw_similarity(sim, order, task_labels(keys, names, scores), title)
     except ImportError:
         logger.warning("matplotlib does not import: %s.png not drawn (%s.csv holds the matrix)", stem, stem)
         return written
-    labels = task_labels(keys, names, scores)
+    import matplotlib.pyplot as plt
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(stem + ".png", png.getvalue())
+    return written + [stem + ".png"]
+
+
+def draw_similarity(sim: np.ndarray, order: Sequence[int], labels: Sequence[str], title: str = ""):
+    """The heatmap as a matplotlib Figure; its size grows with the number of tasks and the
+    longest label, so that 20 labelled rows stay legible."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     labels = [labels[i] for i in order]
     n = len(order)
     cell = 0.42  # inches per task: 20 tasks give an 8.4-inch matrix
-    label_w = 0.075 * max(len(s) for s in labels)  # inches for the longest label
+    label_w = 0.075 * max(len(s) for s in labels)  # inches for the longest label at 8 pt
     side = max(cell * n, 2.2)
-    fig, ax = plt.subplots(figsize=(side + label_w + 1.6, side + label_w * 0.75 + 0.9))
+    fig, ax = plt.subplots(figsize=(side + label_w + 1.6, side + label_w * 0.8 + 0.9))
     # the colour scale spans the values present: contexts of one meta network are often all alike
     low = min(float(sim.min()), 0.99)
     img = ax.imshow(sim[np.ix_(order, order)], cmap="viridis", vmin=low, vmax=1.0)
@@ -197,11 +208,7 @@ def write_similarity(stem: str, sim: np.ndarray, keys: Sequence[str], names: Seq
     fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
     ax.set_title(title or "cosine similarity of the generated contexts", fontsize=9)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(stem + ".png", png.getvalue())
-    return written + [stem + ".png"]
+    return fig
 
 
 def write_run_analysis(output_dir: str, state: dict) -> list[str]:
