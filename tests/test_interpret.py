@@ -271,3 +271,16 @@ def test_heatmap_labels_are_legible_for_the_benchmarks_names(bench, n):
         assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 7
     finally:
         plt.close(fig)
+
+
+def test_cocoop_context_is_per_task_even_with_one_class_per_task(tmp_path, tiny_clip, clip_loads):
+    emb = tiny_clip.token_embedding.weight.detach()
+    cat = word_ids("cat")[0]
+    path = tmp_path / "cocoop.pth"
+    torch.save({"state_dict": {"ctx": emb[[cat]].expand(2, 3, -1).clone(),
+                               "meta_nets.0.linear1.weight": torch.zeros(2, 32)},
+                "epoch": 1, "trainer": "CoCoOp", "classnames": ["a", "b"]}, path)  # no task keys recorded
+    rows = read_csv(interpret_prompt.main([str(path), "--backbone", "tiny", "--topk", "1",
+                                           "--csv", str(tmp_path / "c.csv")]))
+    assert {(r["context"], r["owner"], r["word"]) for r in rows} == {
+        ("context (per task)", "task 0", "cat"), ("context (per task)", "task 1", "cat")}
