@@ -14,7 +14,9 @@ Folder layouts understood (CoOp's conventions):
 
 * ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots/[<tag>/]seed<S>`` (main sweeps);
 * ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>/seed<S>``;
-* ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script).
+* ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script);
+* ``task_transfer/<benchmark>/heldout_<task>/<train|test>/<Trainer>/...`` (scripts/softcpt/task_transfer.sh):
+  a separate table, held-out task x method, with the mean over held-out tasks (``transfer.csv``).
 
 For every benchmark the table has one row per method (trainer plus variant or
 tag folders) and config, one column per shot count: mean ± std over seeds
