@@ -16,6 +16,7 @@ import torch
 HAVE_DASSL = importlib.util.find_spec("dassl") is not None
 DASSL_REASON = "Dassl is not installed"
 needs_dassl = pytest.mark.skipif(not HAVE_DASSL, reason=DASSL_REASON)
+BACKBONES = ("tiny", "tiny-b16")  # the test CLIPs (trainers/backbone.py); fixture any_clip
 SLURM_REASON = "no local Slurm cluster"  # tests/test_slurm.py's skip: no root, or Slurm not installed
 # CI sets this so that a machine without Dassl, or without the Slurm it installs, fails
 # instead of passing on skips: a skip whose reason starts with one of these is a failure there.
@@ -24,6 +25,15 @@ REQUIRED_IN_CI = {
     DASSL_REASON: "install it (INSTALL.md#dassl)",
     SLURM_REASON: "run as root with Slurm installed, as .ci/run does (README.md#running-on-several-gpus-or-a-cluster)",
 }
+
+
+def on_backbones(cases, b16_cases, ids=str) -> list:
+    """``(backbone, case)`` parameters for a test taking ``any_clip`` (indirect) and a case:
+    every case on ``tiny``, the cases named in ``b16_cases`` on ``tiny-b16`` too. Use with
+    ``@pytest.mark.parametrize("any_clip, case", on_backbones(...), indirect=["any_clip"])``."""
+    return [pytest.param(backbone, case, id=f"{backbone}-{ids(case)}")
+            for backbone in BACKBONES for case in cases
+            if backbone == "tiny" or ids(case) in b16_cases]
 
 
 def _required_reason(report) -> str:
@@ -82,9 +92,6 @@ def tiny_b16_clip(softcpt_cache):
     """ViT-B/16's structure at small size (4 heads, 3 layers), fp32, frozen (shared: do not modify)."""
     from trainers.backbone import load_clip
     return load_clip("tiny-b16")
-
-
-BACKBONES = ("tiny", "tiny-b16")
 
 
 @pytest.fixture(scope="session", params=BACKBONES)
