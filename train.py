@@ -239,7 +239,9 @@ def logged_run(cfg, args: argparse.Namespace) -> None:
     setup_logging()
     try:
         folders = [cfg.OUTPUT_DIR] if args.eval_only else [cfg.OUTPUT_DIR, cfg.RESUME]
-        check_settings(cfg, folders)
+        trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+        resolved = getattr(trainer_class, "resolved_cfg", None)  # Dassl's own trainers have none
+        check_settings(resolved(cfg) if resolved else cfg, folders)
         run(cfg, args)
     except Stopped as err:
         err.where = stopped_where(cfg)

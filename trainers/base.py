@@ -105,6 +105,12 @@ class MultiTaskPromptTrainer(TrainerX):
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, task_info=self.task_info)
 
     # ------------------------------------------------------------------ build
+    @classmethod
+    def resolved_cfg(cls, cfg):
+        """The config this trainer runs with (SoftCPT fills its variant's keys): what checkpoints
+        and results.json record, and what a rerun is compared with."""
+        return cfg
+
     @property
     def tcfg(self):
         return self.cfg.TRAINER[self.TRAINER_KEY]
@@ -263,7 +269,7 @@ class MultiTaskPromptTrainer(TrainerX):
                       split=split, epoch=self.epoch + 1 if self.epoch >= 0 else None,
                       subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
                       resumed_from_epoch=getattr(self, "resumed_from_epoch", None),
-                      effective_config=effective_config(cfg))
+                      effective_config=effective_config(cfg, run_keys=False))
         name = "results.json" if split == "test" else f"results_{split}.json"
         atomic_write(osp.join(cfg.OUTPUT_DIR, name), json.dumps(report, indent=2))
 

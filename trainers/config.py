@@ -148,10 +148,19 @@ RUN_ONLY_KEYS = (
 )
 
 
-def effective_config(cfg: CN) -> dict:
-    """The whole merged config as plain data (YAML's view: tuples are lists), for results.json
-    and checkpoints."""
-    return yaml.safe_load(cfg.dump())
+def effective_config(cfg: CN, run_keys: bool = True) -> dict:
+    """The whole merged config as plain data (YAML's view: tuples are lists), for checkpoints;
+    without the RUN_ONLY_KEYS (``run_keys=False``) for results.json, which is then the same
+    wherever and however fast a run went."""
+    tree = yaml.safe_load(cfg.dump())
+    if not run_keys:
+        for key in RUN_ONLY_KEYS:
+            *parents, last = key.split(".")
+            node = tree
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
+    return tree
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
