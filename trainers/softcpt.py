@@ -267,7 +267,11 @@ class SoftCPT(MultiTaskPromptTrainer):
     TRAINER_KEY = "SOFTCPT"
 
     def __init__(self, cfg: CN) -> None:
-        super().__init__(resolve_variant(cfg))
+        super().__init__(self.resolved_cfg(cfg))
+
+    @classmethod
+    def resolved_cfg(cls, cfg: CN) -> CN:
+        return resolve_variant(cfg)
 
     def check_cfg(self, cfg: CN) -> None:
         check_softcpt_cfg(cfg.TRAINER.SOFTCPT)
