@@ -25,6 +25,7 @@ complete, the rename has not happened). Unset, it costs one dict lookup.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 from typing import BinaryIO, Callable, Union
@@ -99,6 +100,31 @@ def _replace_with(path: str, write: Callable[[BinaryIO], object]) -> None:
             pass
         raise
     _fsync_folder(folder)
+
+
+def atomic_folder(dest: str, fill: Callable[[str], object]) -> bool:
+    """Create the folder ``dest`` whole or not at all: ``fill(tmp)`` writes into a temporary
+    folder next to it, which is then renamed to ``dest``.
+
+    The folder gets the umask's mode (mkdtemp makes it 0700) and the parent is
+    fsynced after the rename. Returns False, leaving ``dest`` as it is, when
+    another process created ``dest`` first (content written by deterministic
+    code, so theirs is as good); raises any other failure.
+    """
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.")
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        fill(tmp)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(dest):  # another process renamed its folder there first
+            return False
+        raise
+    _fsync_folder(parent)
+    return True
 
 
 def remove_stale_temps(folder: str) -> list[str]:

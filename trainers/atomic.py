@@ -10,6 +10,7 @@ import os  # noqa: F401  (tests patch trainers.atomic.os.replace, i.e. os.replac
 from atomic_files import (  # noqa: F401
     KILL_ENV,
     TEMP_SUFFIX,
+    atomic_folder,
     atomic_torch_save,
     atomic_write,
     atomic_write_stream,
