@@ -576,3 +576,41 @@ def test_trainer_overriding_only_model_inference_keeps_its_image_loop(toy_root, 
         logger.removeHandler(caplog.handler)
     assert ImageOnly.calls == len(trainer.test_loader) and "overrides model_inference" in caplog.text
     assert not (tmp_path / "features").exists()
+
+
+def trained(root, out, cache_dir, *opts) -> tuple[dict, dict, str]:
+    """A 2-epoch SoftCPT training kept by best_val: results.json, every saved tensor, log.txt."""
+    import glob
+    train.main(["--root", root, "--seed", "1", "--trainer", "SoftCPT",
+                "--dataset-config-file", "configs/datasets/toy.yaml",
+                "--config-file", "configs/trainers/SoftCPT/tiny.yaml", "--output-dir", str(out),
+                "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2", "TEST.FINAL_MODEL", "best_val",
+                "TEST.FEATURE_CACHE_DIR", str(cache_dir), *opts])
+    saved = {}
+    for path in sorted(glob.glob(os.path.join(out, "*", "model*.pth.tar*"))):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        for name, tensor in ckpt["state_dict"].items():
+            saved[f"{os.path.relpath(path, out)}:{name}"] = tensor
+    with open(os.path.join(out, "results.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(out, "log.txt")) as f:
+        return report, saved, f.read()
+
+
+@pytest.mark.slow
+def test_training_is_bit_identical_with_the_cache_off_cold_and_warm_under_best_val(toy_root, tmp_path):
+    """best_val evaluates the val split after every epoch, between the epochs' random draws:
+    encoding (cache off or cold) must not move the training's random state, so the prompts
+    learnt and the scores are the same bits as when the features are read (warm)."""
+    cache = tmp_path / "features"
+    off = trained(toy_root, tmp_path / "off", cache, "TEST.FEATURE_CACHE", "False")
+    cold = trained(toy_root, tmp_path / "cold", cache)
+    warm = trained(toy_root, tmp_path / "warm", cache)
+    assert "computed in" in cold[2]
+    assert "computed in" not in warm[2] and "read from" in warm[2]
+    for name, (report, saved, _) in {"cold": cold, "warm": warm}.items():
+        assert report["score"] == off[0]["score"], name
+        assert report["tasks"] == off[0]["tasks"], name
+        assert saved.keys() == off[1].keys() and saved, name
+        differ = [k for k in saved if not torch.equal(saved[k], off[1][k])]
+        assert differ == [], f"{name}: {differ}"
