@@ -19,7 +19,6 @@ from dassl.engine import TrainerX
 from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.task_info import TaskInfo, task_info_of
@@ -238,9 +237,8 @@ class MultiTaskPromptTrainer(TrainerX):
         TEST.FEATURE_CACHE is False or the transform is random.
         """
         wrapper = loader.dataset
-        # Same images, batch size and order as the loader, whatever its sampler.
-        ordered = DataLoader(wrapper, batch_size=loader.batch_size, shuffle=False,
-                             num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+        # Same images, batch size and order as the loader, whatever its sampler; its own generator.
+        ordered = feature_cache.ordered_loader(loader)
 
         def encode():
             for batch in tqdm(ordered, desc=f"encoding {split} images"):
