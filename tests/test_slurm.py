@@ -443,3 +443,72 @@ def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(
     a, b = (torch.load(d / final, map_location="cpu", weights_only=False)["state_dict"]
             for d in (run, tmp_path / "reference"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_dassl
+@pytest.mark.slow
+def test_slurm_base2new_tests_wait_for_their_training_tasks_whatever_sbatch_export_says(slurm, tmp_path):
+    """Both steps submitted at once, as a site with SBATCH_EXPORT=NONE, relative DATA and
+    OUTPUT, and the interpreter as a bare word: the test array starts after the training
+    tasks (afterok) and the table has base, new and H."""
+    rel = os.path.relpath(tmp_path, REPO)
+    python = shutil.which(os.environ.get("PYTHON", "python3"))
+    env = dict(os.environ, OUTPUT=f"{rel}/out", DATA=f"./{rel}/data", SHOTS="1", SEEDS="1 2", SKIP_SETUP="1",
+               LAUNCHER="slurm", SLURM_ARGS="--time=20", OMP_NUM_THREADS="1", SBATCH_EXPORT="NONE",
+               PATH=f"{os.path.dirname(python)}:{os.environ['PATH']}", PYTHON=os.path.basename(python))
+    args = ["toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1"]
+    _node("drain")  # nothing starts before both are submitted
+    try:
+        submitted = {}
+        for step in ("train", "test"):
+            done = subprocess.run(["bash", f"scripts/softcpt/base2new_{step}.sh", *args], cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            submitted[step] = done.stdout
+        train_array = submitted["train"].split("as Slurm job array ")[1].split()[0]
+        test_array = submitted["test"].split("as Slurm job array ")[1].split()[0]
+        assert f"(after Slurm job {train_array}_1)" in submitted["test"]
+        show = _slurm("scontrol", "show", "job", test_array)
+        assert f"Dependency=afterok:{train_array}_1" in show and f"afterok:{train_array}_2" in show
+        cmds = _lines(glob.glob(str(tmp_path / "out" / "base2new" / "slurm" / "*.cmds"))[0])
+        assert cmds[0].split()[1] == python  # resolved at submission
+    finally:
+        _node("resume")
+    _wait_for_empty_queue()
+    b2n = tmp_path / "out" / "base2new"
+    for split in ("train_base", "test_new"):
+        for seed in (1, 2):
+            run = b2n / split / "toy" / "shots_1" / "SoftCPT" / "NATA" / "tiny_OPTIM.MAX_EPOCH-1" / f"seed{seed}"
+            assert (run / "done").is_file(), split
+    tables = sorted(glob.glob(str(b2n / "slurm" / "*-table-*.out")), key=lambda p: int(p.rsplit("-", 1)[1][:-4]))
+    table = _read(tables[-1])
+    assert "2 run(s) finished, 0 still queued or running, 0 failed." in table
+    assert "| toy | SoftCPT/NATA OPTIM.MAX_EPOCH=1 | tiny | 1 |" in table  # the base-to-new row, with H
+
+
+@needs_dassl
+@pytest.mark.slow
+def test_slurm_task_checks_imports_on_its_own_node(slurm, tmp_path):
+    """An interpreter that imports everything where the sweep is submitted but lacks Dassl
+    inside Slurm jobs: the task says so, naming its node, and runs nothing."""
+    python = shutil.which(os.environ.get("PYTHON", "python3"))
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"""#!/bin/bash
+if [ -n "${{SLURM_JOB_ID:-}}" ] && [ "$1" = -c ]; then echo "Dassl (ModuleNotFoundError: no dassl here)"; exit 0; fi
+exec {python} "$@"
+""")
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, OUTPUT=str(out), DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1", SKIP_SETUP="1",
+               LAUNCHER="slurm", SLURM_ARGS="--time=20", PYTHON=str(wrapper))
+    done = subprocess.run(["bash", "scripts/coop/main.sh", "toy", "tiny", "CA"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _wait_for_empty_queue()
+    run = out / "toy" / "CoOp" / "CA" / "tiny_1shots" / "seed1"
+    log = _read(next(run.glob("slurm-*.out")))
+    node = _slurm("sinfo", "-h", "-o", "%n").split()[0]
+    assert f"[task] error on node {socket.gethostname()}: {wrapper} cannot import: Dassl" in log, log
+    assert socket.gethostname() == node or node in log
+    assert not (run / "log.txt").exists()  # train.py never started
+    assert "cannot import: Dassl" in _table_out(out, 1)  # the table job runs there too, and checks
