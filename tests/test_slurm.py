@@ -160,8 +160,10 @@ def test_slurm_submission_names_absolute_paths_and_exports_all(stub, tmp_path):
     assert _lines(tmp_path / "sbatch_env.txt") == [exported, exported]  # for the tasks and the table job
 
     (tmp_path / "out").rename(tmp_path / "out1")
-    done = _coop(dict(stub, SLURM_SIGNAL_SECS="0"))  # no warning, so no requeue at the time limit
+    defaults = {k: v for k, v in stub.items() if k not in ("PYTHON", "DATA")}  # the scripts' own defaults
+    done = _coop(dict(defaults, SLURM_SIGNAL_SECS="0"))  # no warning, so no requeue at the time limit
     assert done.returncode == 0 and "--signal" not in _lines(tmp_path / "sbatch.txt")[2]
+    assert _lines(tmp_path / "sbatch_env.txt")[2].startswith(f"PYTHON={python} DATA={os.path.join(REPO, 'data')} ")
     done = _coop(dict(stub, SLURM_SIGNAL_SECS="1m"))
     assert done.returncode == 2 and "SLURM_SIGNAL_SECS is '1m'" in done.stderr
 
