@@ -404,9 +404,9 @@ def _hurry_requeued(seconds: float) -> None:
 @pytest.mark.slow
 def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(slurm, tmp_path):
     """-t 2 with the warning 30 s before it (Slurm sends it 30-60 s early): each allocation
-    trains 60-90 s of a run that needs two to three minutes here; the task stops its run and
+    trains 60-90 s of a run that needs three minutes or more; the task stops its run and
     requeues itself until the run is done, with the results of one uninterrupted run."""
-    epochs = 40
+    epochs = 60
     opts = ["OPTIM.MAX_EPOCH", str(epochs)]
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="16", SEEDS="1",
                SKIP_SETUP="1", LAUNCHER="slurm", SLURM_ARGS="-t 2", SLURM_SIGNAL_SECS="30",
