@@ -12,12 +12,18 @@ table; their values are rounded as CoOp printed them).
 
 Folder layouts understood (CoOp's conventions):
 
-* ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots/[<tag>/]seed<S>`` (main sweeps);
-* ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>/seed<S>``;
+* ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/[<tag>/]seed<S>`` (main sweeps);
+* ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>[<options>]/seed<S>``;
 * ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script).
 
+``<options>`` are the sweep's extra ``KEY VALUE`` config options as the sweep scripts
+name folders (``scripts/common.sh``, ``options_tag``): ``_<KEY>-<VALUE>`` each, e.g.
+``rn50_ep50_16shots_OPTIM.LR-0.001``, with characters outside letters, digits and
+``._,+=@-`` written ``%XX``.
+
 For every benchmark the table has one row per method (trainer plus variant or
-tag folders) and config, one column per shot count: mean ± std over seeds
+tag folders, plus the options as ``KEY=VALUE``, so runs of other settings are rows of
+their own) and config, one column per shot count: mean ± std over seeds
 (population std, as ``parse_test_res.py``). A cell with fewer seeds than the
 benchmark's runs use says so, e.g. ``61.20 ± 0.30 (2/3 seeds)``; a cell with no
 result says ``missing``. Zero-shot cells (0 shots) involve no sampling, so one
@@ -41,11 +47,15 @@ import re
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
+from urllib.parse import unquote
 
 import numpy as np
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 SHOTS_DIR = re.compile(r"^(?P<cfg>.+)_(?P<shots>\d+)shots$")
+# Where a folder name's options begin, and each option: "_" KEY "-" VALUE, KEY a dotted
+# upper-case config key (OPTIM.LR, TRAINER.COOP.N_CTX), as scripts/common.sh writes them.
+OPTION = re.compile(r"_(?P<key>[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+)-")
 B2N_SHOTS_DIR = re.compile(r"^shots_(\d+)$")
 B2N_SPLIT_DIR = re.compile(r"^(train_base|test_base|test_new|test_all)$")
 ACCURACY = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
@@ -216,20 +226,39 @@ def describe(run_dir: str, root: str, meta: dict,
         bench, config = inner[-1], config or inner[t + 1]
         inner = inner[: t + 1]
     method: list[str] = []
-    for p in inner[t:]:
+    options: list[str] = []
+    for i, p in enumerate(inner[t:]):
+        if i:  # not the trainer's own folder
+            p, opts = split_options(p)
+            options += opts
         m = SHOTS_DIR.match(p)
         if m:
             config, shots = m.group("cfg"), int(m.group("shots"))
         elif p != config or not method:
             method.append(p)
     shots = 0 if shots is None or int(shots) < 0 else int(shots)
-    return bench, "/".join(method) or meta.get("trainer") or "unknown", config, shots, seed
+    label = "/".join(method) or meta.get("trainer") or "unknown"
+    return bench, " ".join([label] + options), config, shots, seed
+
+
+def split_options(name: str) -> tuple[str, list[str]]:
+    """A folder name without its options, and the options as ``KEY=VALUE`` (decoded):
+    ``tiny_16shots_OPTIM.LR-0.001`` -> (``tiny_16shots``, [``OPTIM.LR=0.001``])."""
+    marks = list(OPTION.finditer(name))
+    if not marks:
+        return name, []
+    options = []
+    for mark, after in zip(marks, marks[1:] + [None]):
+        value = name[mark.end(): after.start() if after else len(name)]
+        options.append(f"{mark.group('key')}={unquote(value)}")
+    return name[: marks[0].start()], options
 
 
 def _guess_trainer_index(inner: list[str], below_root: int) -> int:
     """Unknown trainer: the first folder below the tree, or the second when two or more
     folders precede ``<cfg>_<K>shots`` (the first is then the benchmark, as in output/)."""
-    shots_at = next((i for i, p in enumerate(inner) if i >= below_root and SHOTS_DIR.match(p)), len(inner))
+    shots_at = next((i for i, p in enumerate(inner) if i >= below_root and SHOTS_DIR.match(split_options(p)[0])),
+                    len(inner))
     return below_root + 1 if shots_at - below_root >= 2 else below_root
 
 
