@@ -7,6 +7,7 @@ exactly in float64 and then rounded (docs/method.md#differences-from-the-officia
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -189,3 +190,26 @@ def test_amp_takes_one_scaled_step_per_batch_and_k_schedule_steps(toy_root, k, a
     assert optim_steps[0] == (batches if amp else k * batches)
     if amp:
         assert trainer.scaler.steps == trainer.scaler.updates == batches
+
+
+@pytest.mark.parametrize("path, node, steps", [
+    ("configs/trainers/SoftCPT/rn50_ep50.yaml", "SOFTCPT", 3),
+    ("configs/trainers/SoftCPT/vit_b16_ep50.yaml", "SOFTCPT", 3),
+    ("configs/trainers/CoOp/rn50_ep50.yaml", "COOP", 1),
+    ("configs/trainers/CoOp/vit_b16_ep50.yaml", "COOP", 1)])
+def test_paper_configs_end_with_the_reproduce_setting_commented(tmp_path, path, node, steps):
+    """As shipped: the defaults; with the final commented block uncommented: fp16 contexts and k steps."""
+    text = open(path, encoding="utf-8").read()
+    trainer = "SoftCPT" if node == "SOFTCPT" else "CoOp"
+
+    def merged(file: str):
+        return train.setup_cfg(train.build_parser().parse_args(
+            ["--trainer", trainer, "--config-file", file])).TRAINER[node]
+
+    shipped = merged(path)
+    assert (shipped.PARAM_DTYPE, shipped.STEPS_PER_BATCH) == ("fp32", 1)
+    block = text[text.index("# TRAINER:"):]
+    uncommented = tmp_path / "reproduce.yaml"
+    uncommented.write_text(text[:text.index("# TRAINER:")] + re.sub(r"(?m)^# ?", "", block))
+    node_cfg = merged(str(uncommented))
+    assert (node_cfg.PARAM_DTYPE, node_cfg.STEPS_PER_BATCH) == ("fp16", steps)
