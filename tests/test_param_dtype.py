@@ -81,7 +81,7 @@ def gaps(p: torch.Tensor, downwards: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.abs(np.nextafter(x, toward).astype(np.float64) - x.astype(np.float64)))
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_fp16_contexts_round_every_update_and_lose_small_ones(toy_root, k):
     """Warm-up lr 1e-5: the contexts stay fp16 and follow fp16 SGD; an update below half an fp16
     step is lost, one above it lands on the fp16 grid (fp32 master weights keep both); G stays fp32."""
@@ -170,7 +170,7 @@ def counted(obj, name: str) -> list:
 
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
-@pytest.mark.parametrize("amp", [True, False])
+@pytest.mark.parametrize("amp", [True, pytest.param(False, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("k", [3])
 def test_amp_takes_one_scaled_step_per_batch_and_k_schedule_steps(toy_root, k, amp):
     """amp (a GradScaler, injected here on CPU with CPU autocast): one optimizer step per batch;

@@ -56,13 +56,13 @@ class PromptHead(nn.Module):
     context_keys: tuple[str, ...] = ()
 
 
-def apply_param_dtype(head: PromptHead, param_dtype: str) -> list[str]:
+def apply_param_dtype(head: PromptHead, param_dtype: str, key: str = "PARAM_DTYPE") -> list[str]:
     """Store ``head``'s learned contexts in ``param_dtype`` (``fp32`` or ``fp16``), in place,
     before the optimizer is built, so SGD and its momentum run in that dtype. Returns the
     names of the parameters cast (docs/method.md#differences-from-the-official-code)."""
     dtypes = {"fp32": torch.float32, "fp16": torch.float16}
     if param_dtype not in dtypes:
-        raise ConfigError(f"PARAM_DTYPE is {param_dtype!r}; allowed: {sorted(dtypes)} "
+        raise ConfigError(f"{key} is {param_dtype!r}; allowed: {sorted(dtypes)} "
                           "(docs/method.md#differences-from-the-official-code).")
     params = dict(head.named_parameters())
     cast = [k for k in head.context_keys if k in params]
@@ -143,7 +143,7 @@ class MultiTaskPromptTrainer(TrainerX):
                                pretrained=backbone.PRETRAINED)
         head = self.build_head(clip_model, self.task_info).to(self.device)
         self.param_dtype = self.tcfg.get("PARAM_DTYPE", "fp32")
-        cast = apply_param_dtype(head, self.param_dtype)
+        cast = apply_param_dtype(head, self.param_dtype, f"TRAINER.{self.TRAINER_KEY}.PARAM_DTYPE")
         if cast and self.param_dtype != "fp32":
             logger.info("PARAM_DTYPE %s: %s stored and updated by SGD in %s", self.param_dtype,
                         ", ".join(cast), self.param_dtype)
