@@ -1,6 +1,6 @@
 """Collect an output tree into one comparison table, per-task tables and a plot.
 
-    python scripts/results.py output/toy [more trees ...] [--out DIR] [--no-plot]
+    python scripts/results.py output/toy [more trees ...] [--out DIR] [--no-plot] [--paper]
 
 A run is a folder ``seed<S>`` (or any folder holding ``results.json`` or
 ``log.txt``). Its score is read from ``results.json`` (this project's runs: the
@@ -34,6 +34,11 @@ log); one bad run never stops the table of the others.
 Writes ``table.md``, ``table.csv``, ``tasks.csv``, ``runs.csv`` and
 ``curves.png`` (accuracy against shots, one panel per benchmark) under
 ``--out`` (default: ``<first tree>/summary``). Needs numpy and matplotlib only.
+
+``--paper`` also prints (and writes ``paper.md``) the published numbers of
+``docs/paper_results.csv`` beside ours, with the difference, marking each row's
+training: ``reproduce`` for runs whose results.json records ``param_dtype`` fp16
+(the official code's training, docs/method.md), ``default`` otherwise.
 """
 from __future__ import annotations
 
@@ -506,11 +511,127 @@ def plot(table: dict, path: str) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- --paper
+# The published numbers (docs/benchmarks.md#published-numbers), one row per benchmark,
+# method, backbone and shot count ("avg": the mean over 1, 2, 4, 8 and 16 shots).
+PAPER_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                         "paper_results.csv")
+# Config name prefixes of each backbone's configs (configs/trainers/*/).
+CONFIG_BACKBONES = {"rn50": "RN50", "vit_b16": "ViT-B/16"}
+
+
+def read_paper(path: str = PAPER_CSV) -> list[dict]:
+    """The published numbers: dicts with benchmark, method, paper_name, backbone, shots, score."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["score"] = float(row["score"])
+        row["shots"] = row["shots"] if row["shots"] == "avg" else int(row["shots"])
+    return rows
+
+
+def config_backbone(config: str) -> Optional[str]:
+    """RN50 for ``rn50_ep50``, ViT-B/16 for ``vit_b16_ep50`` ...; None for other configs."""
+    for prefix, backbone in CONFIG_BACKBONES.items():
+        if config.lower().startswith(prefix):
+            return backbone
+    return None
+
+
+def training_settings(runs: list[Run]) -> dict:
+    """{(benchmark, method, config): set of (param_dtype, steps_per_batch)} from results.json
+    (runs written before these were recorded count as fp32, as they were trained)."""
+    out: dict = {}
+    for run in runs:
+        if run.score is None:
+            continue
+        setting = ("fp32", None)
+        try:
+            with open(os.path.join(run.path, "results.json"), encoding="utf-8") as f:
+                report = json.load(f)
+            setting = (str(report.get("param_dtype") or "fp32"), report.get("steps_per_batch"))
+        except (OSError, ValueError, AttributeError):  # read from a log: another code base's run
+            setting = ("log", None) if run.source.startswith("log") else setting
+        out.setdefault((run.benchmark, run.method, run.config), set()).add(setting)
+    return out
+
+
+def setting_label(settings: set) -> str:
+    """``reproduce (PARAM_DTYPE fp16, STEPS_PER_BATCH 3)``, ``default (fp32)`` or ``mixed: ...``."""
+    def one(setting):
+        dtype, steps = setting
+        if dtype == "log":
+            return "unknown (read from log.txt)"
+        step_text = f", STEPS_PER_BATCH {steps}" if steps is not None else ""
+        if dtype == "fp16":
+            return f"reproduce (PARAM_DTYPE {dtype}{step_text})"
+        return f"default ({dtype}{step_text})"
+    labels = sorted({one(x) for x in settings})
+    return labels[0] if len(labels) == 1 else "mixed: " + "; ".join(labels)
+
+
+def our_value(cells: dict, shots) -> tuple[Optional[float], str]:
+    """Our mean for a published shot count: ``avg`` is the mean over the few-shot columns
+    (every one complete), or the zero-shot score for a method without shots."""
+    if shots == "avg":
+        few = [c for k, c in cells.items() if k > 0]
+        if not few:
+            zero = cells.get(0)
+            return (mean_std(zero.scores.values())[0], "") if zero and zero.scores else (None, "no run")
+        if not all(c.complete for c in few):
+            return None, "incomplete"
+        return float(np.mean([mean_std(c.scores.values())[0] for c in few])), ""
+    cell = cells.get(shots)
+    if cell is None or not cell.scores:
+        return None, "no run"
+    return mean_std(cell.scores.values())[0], "" if cell.complete else "incomplete seeds"
+
+
+def paper_comparison(table: dict, runs: list[Run], paper: Optional[list[dict]] = None) -> str:
+    """Markdown: every published number of the benchmarks in ``table`` beside ours, with the
+    difference (ours - paper), one row per our config of the published backbone."""
+    paper = read_paper() if paper is None else paper
+    settings = training_settings(runs)
+    published = sorted({p["benchmark"] for p in paper})
+    out = []
+    for bench in sorted(b for b in table if not b.endswith("]")):
+        rows = [p for p in paper if p["benchmark"] == bench]
+        if not rows:
+            out.append(f"## {bench}: published numbers\n\nThe paper publishes none for {bench!r} "
+                       f"(docs/paper_results.csv has: {', '.join(published)}).\n")
+            continue
+        out.append(f"## {bench}: published numbers beside ours\n\n"
+                   "Mean task score (%), paper (docs/paper_results.csv) and ours (mean over seeds); "
+                   "`avg`: mean over 1, 2, 4, 8 and 16 shots.\n")
+        head = ["method (paper)", "backbone", "shots", "paper", "ours: method", "config", "ours",
+                "ours - paper", "training"]
+        out += [_md_row(head), _md_row(["---"] * len(head))]
+        for p in rows:
+            ours = [(key, cells) for key, cells in sorted(table[bench].items())
+                    if key[0] == p["method"] and config_backbone(key[1]) == p["backbone"]]
+            if not ours:
+                out.append(_md_row([p["paper_name"], p["backbone"], p["shots"], f"{p['score']:.2f}",
+                                    p["method"], "", "no run", "", ""]))
+            for (method, config), cells in ours:
+                value, why = our_value(cells, p["shots"])
+                diff = f"{value - p['score']:+.2f}" if value is not None else ""
+                label = setting_label(settings.get((bench, method, config), set())) \
+                    if settings.get((bench, method, config)) else ""
+                out.append(_md_row([p["paper_name"], p["backbone"], p["shots"], f"{p['score']:.2f}",
+                                    method, config, f"{value:.2f}" if value is not None else why,
+                                    diff, label]))
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("roots", nargs="+", help="output trees, e.g. output/toy or output")
     p.add_argument("--out", default="", help="where to write the files (default: <first tree>/summary)")
     p.add_argument("--no-plot", action="store_true", help="do not draw curves.png")
+    p.add_argument("--paper", action="store_true",
+                   help="also print the published numbers beside ours (docs/paper_results.csv); "
+                        "writes paper.md")
     args = p.parse_args(argv)
     missing = [r for r in args.roots if not os.path.isdir(r)]
     if missing:
@@ -532,6 +653,12 @@ def main(argv: Optional[list] = None) -> int:
     written = ["table.md", "table.csv", "tasks.csv", "runs.csv"]
     if not args.no_plot and plot(table, os.path.join(out, "curves.png")):
         written.append("curves.png")
+    if args.paper:
+        comparison = paper_comparison(table, runs)
+        print(comparison)
+        with open(os.path.join(out, "paper.md"), "w") as f:
+            f.write(comparison)
+        written.append("paper.md")
     print(f"Wrote {', '.join(os.path.join(out, w) for w in written)}")
     return 0
 

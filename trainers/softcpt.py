@@ -152,6 +152,8 @@ class SoftCPTHead(PromptHead):
         freeze_class_prompt: keep the class context at its initial value.
     """
 
+    context_keys = ("task_ctx", "class_ctx")  # G (meta_net) is not a context: it stays fp32
+
     def __init__(self, task_names: Sequence[str], classnames: Sequence[Sequence[str]],
                  token_embedding: nn.Embedding, embed_dim: int, n_ctx: int = 16,
                  class_token_position: str = "end", csc: bool = False, task_n_ctx: int = 4,
