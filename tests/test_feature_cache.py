@@ -510,6 +510,7 @@ def run(trainer, root, out, cache_dir, *opts):
         return report, f.read()
 
 
+@pytest.mark.slow  # 4 x 3 runs, about 3 s per trainer
 @pytest.mark.parametrize("trainer", sorted(TRAINER_RUNS))
 def test_every_trainer_reads_the_cache_exactly_and_encodes_no_image(trainer, toy_root, tmp_path,
                                                                     image_encodes):
@@ -553,6 +554,23 @@ def test_stored_features_equal_the_image_encoder_within_1e5(toy_root, tmp_path):
     labels = torch.tensor([d.label for d in trainer.dm.dataset.test])
     assert torch.equal(stored["labels"], labels)
     assert (stored["features"] - ref).abs().max() < 1e-5
+
+
+@pytest.mark.slow  # two evaluation runs
+@pytest.mark.parametrize("damage", ["8 feature bytes flipped", "a label byte flipped"])
+def test_run_with_a_damaged_cache_file_warns_reencodes_and_scores_the_same(toy_root, tmp_path, damage):
+    """What a user saw: a damaged file changed the score silently, or ended in an IndexError."""
+    cache = tmp_path / "features"
+    first, _ = run("ZeroshotCLIP", toy_root, tmp_path / "first", cache)
+    (path,) = [str(cache / f) for f in os.listdir(cache) if f.endswith(".pt")]
+    stored = torch.load(path, weights_only=True)
+    if damage == "a label byte flipped":
+        flip(path, stored["labels"].numpy().tobytes(), offset=8 * 5, count=1)
+    else:
+        flip(path, stored["features"].numpy().tobytes(), offset=40)
+    again, log = run("ZeroshotCLIP", toy_root, tmp_path / "again", cache)
+    assert f"Image-feature cache file {path} is unusable" in log and "computed in" in log
+    assert again["score"] == first["score"] and again["tasks"] == first["tasks"]
 
 
 def test_trainer_overriding_only_model_inference_keeps_its_image_loop(toy_root, tmp_path, caplog):
