@@ -154,6 +154,8 @@ class SoftCPTHead(PromptHead):
         freeze_class_prompt: keep the class context at its initial value.
     """
 
+    context_keys = ("task_ctx", "class_ctx")  # G (meta_net) is not a context: it stays fp32
+
     def __init__(self, task_names: Sequence[str], classnames: Sequence[Sequence[str]],
                  token_embedding: nn.Embedding, embed_dim: int, n_ctx: int = 16,
                  class_token_position: str = "end", csc: bool = False, task_n_ctx: int = 4,
@@ -285,7 +287,11 @@ class SoftCPT(MultiTaskPromptTrainer):
     TRAINER_KEY = "SOFTCPT"
 
     def __init__(self, cfg: CN) -> None:
-        super().__init__(resolve_variant(cfg))
+        super().__init__(self.resolved_cfg(cfg))
+
+    @classmethod
+    def resolved_cfg(cls, cfg: CN) -> CN:
+        return resolve_variant(cfg)
 
     def check_cfg(self, cfg: CN) -> None:
         check_softcpt_cfg(cfg.TRAINER.SOFTCPT)
