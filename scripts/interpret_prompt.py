@@ -240,7 +240,8 @@ def main(argv: Optional[list[str]] = None) -> str:
     path, run_dir = find_checkpoint(args.run_dir, args.epoch)
     ckpt = read_state(path)
     config = recorded_config(run_dir)
-    trainer = ckpt.get("trainer") or config.get("TRAINER.NAME") or ("CoOp" if "ctx" in ckpt["state_dict"] else "")
+    trainer = (ckpt.get("trainer") or config.get("TRAINER.NAME")
+               or ("CoOp" if "ctx" in ckpt["state_dict"] else ""))
     backbone = args.backbone or config.get("MODEL.BACKBONE.NAME", "")
     if not backbone:
         raise InterpretError(f"{run_dir} has no log.txt recording the backbone: give --backbone "

@@ -15,8 +15,8 @@ Folder layouts understood (CoOp's conventions):
 * ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/[<tag>/]seed<S>`` (main sweeps);
 * ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>[<options>]/seed<S>``;
 * ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script);
-* ``task_transfer/<benchmark>/heldout_<task>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/seed<S>``
-  (scripts/softcpt/task_transfer.sh): a table of its own, held-out task x method, with the
+* ``task_transfer/<benchmark>/heldout_<task>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/``
+  ``seed<S>`` (scripts/softcpt/task_transfer.sh): a table of its own, held-out task x method, with the
   mean over held-out tasks (``transfer.csv``).
 
 ``<options>`` are the sweep's extra ``KEY VALUE`` config options as the sweep scripts
@@ -446,8 +446,8 @@ HELDOUT_DIR = re.compile(r"^heldout_(.+)$")
 
 def transfer_place(path: str) -> Optional[tuple[str, str, str, str, int]]:
     """(benchmark, held-out task, stage, method, shots) of a run of scripts/softcpt/task_transfer.sh:
-    ``task_transfer/<bench>/heldout_<key>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/seed<S>``;
-    None for any other run."""
+    ``task_transfer/<bench>/heldout_<key>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/``
+    ``seed<S>``; None for any other run."""
     parts = os.path.abspath(path).split(os.sep)
     if TRANSFER_DIR not in parts:
         return None

@@ -49,7 +49,8 @@ def decode_token(token_id: int) -> str:
     return word
 
 
-def nearest_words(vectors: torch.Tensor, embedding: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_words(vectors: torch.Tensor, embedding: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances and token ids ``(N, k')`` of the ``k`` nearest rows of ``embedding`` ``(V, W)``
     to each of ``vectors`` ``(N, W)``, nearest first (``k' = min(k, V)``)."""
     if vectors.shape[-1] != embedding.shape[-1]:
