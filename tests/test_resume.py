@@ -132,7 +132,8 @@ def test_the_comparison_sees_every_part_of_a_checkpoint_on_both_sides():
         [f"{opt}.param_groups[0].momentum"]
     assert changed(lambda b: b["ckpt"]["optimizer"]["param_groups"][0].update(params=[1, 0])) == \
         [f"{opt}.param_groups[0].params[0]", f"{opt}.param_groups[0].params[1]"]
-    assert changed(lambda b: b["ckpt"]["scheduler"].update(last_epoch=2)) == ["checkpoint.scheduler.last_epoch"]
+    assert changed(lambda b: b["ckpt"]["scheduler"].update(last_epoch=2)) == \
+        ["checkpoint.scheduler.last_epoch"]
     assert changed(lambda b: b["ckpt"]["scheduler"].pop("base_lrs")) == \
         ["checkpoint.scheduler.base_lrs (only in the first)"]
     assert changed(lambda b: b["ckpt"]["state_dict"].update(ctx=b["ckpt"]["state_dict"]["ctx"].double())) == \
