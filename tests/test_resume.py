@@ -4,7 +4,7 @@ A run resumed from the checkpoint of epoch k (what a kill after epoch k leaves)
 must end with the same checkpoint (learned parameters, optimizer state and
 param_groups, scheduler state, random states: every entry, on both sides) and
 results.json as the uninterrupted run, bit for bit (scripts/check_resume.py's
-comparison, itself tested first). The last test kills a run during
+comparison, itself tested below). The last test kills a run during
 each kind of write (fault injection in trainers/atomic.py) and reruns it until
 it finishes.
 """
