@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ["README.md", "INSTALL.md", "DATASETS.md", "train.py", "pyproject.toml",
+SCANNED = ["README.md", "INSTALL.md", "DATASETS.md", "CONTRIBUTING.md", "train.py", "pyproject.toml",
            "docs", "trainers", "datasets", "configs", "scripts", "examples", ".ci"]
 SUFFIXES = {".md", ".py", ".sh", ".yaml", ".yml", ".toml", ".txt"}
 TOP = ("docs", "scripts", "configs", "trainers", "datasets", "examples", "tests")
