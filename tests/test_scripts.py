@@ -62,6 +62,7 @@ def calls(env) -> list[str]:
         return f.read().splitlines()
 
 
+@pytest.mark.slow
 def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_path):
     fake_env.update(FAIL_SEED="2", SHOTS="1 4", SEEDS="1 2 3")
     done = sweep("scripts/coop/main.sh", "toy", "tiny", "CA", env=fake_env)
@@ -79,6 +80,7 @@ def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_p
     assert again.stdout.count("[sweep] skip") == 4 and again.stdout.count("[sweep] resume") == 2
 
 
+@pytest.mark.slow  # each runs a sweep and its table
 @pytest.mark.parametrize("script, args, folder, expected", [
     ("scripts/softcpt/main.sh", ["general10", "rn50_ep50", "NATS"],
      "general10/SoftCPT/NATS/rn50_ep50_16shots/seed2",
@@ -202,6 +204,7 @@ def test_gpus_on_this_machine_are_counted_by_torch_without_nvidia_smi(fake_env):
     assert "[GPU 0]" not in done.stdout and not os.path.exists(fake_env["CALLS"])
 
 
+@pytest.mark.slow
 def test_base2new_test_needs_the_finished_training_run(fake_env):
     fake_env.update(SHOTS="16", SEEDS="1 2")
     base = os.path.join(fake_env["OUTPUT"], "base2new", "train_base", "toy", "shots_16", "SoftCPT",
@@ -245,6 +248,7 @@ def _table(stdout: str) -> str:
 
 
 @needs_dassl
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to watch the run")
 def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
     out = tmp_path / "out"
@@ -282,6 +286,7 @@ def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
 
 
 @needs_dassl
+@pytest.mark.slow
 def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(tmp_path):
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="1",
                SEEDS="1", SKIP_SETUP="1")
@@ -295,6 +300,7 @@ def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(tmp_path):
 
 
 @needs_dassl
+@pytest.mark.slow
 def test_example_trainer_in_its_own_file_sweeps(tmp_path):
     """examples/my_trainer.py: registered by -m, keys added by its config hook, shared parts only."""
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1")

@@ -87,6 +87,7 @@ def _lines(path) -> list[str]:
         return f.read().splitlines()
 
 
+@pytest.mark.slow  # runs the table job's sweep and results.py
 def test_slurm_args_throttle_table_job_and_task_script(stub, tmp_path):
     gpus = "--gres=gpu:1 --gpus-per-node 2 -G1 --gres gpu:a100:1 --mem-per-gpu=8G"
     stub.update(SLURM_ARGS=f"-p gpu {gpus} -t 1:00:00 %3")
