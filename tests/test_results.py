@@ -226,6 +226,7 @@ def test_unparsable_logs_and_unfinished_runs_say_why(tmp_path, monkeypatch):
     assert runs[3].score is None and runs[3].reason == "log.txt: cannot parse it (bad line 7)"
 
 
+@pytest.mark.slow  # runs a sweep script
 def test_sweep_exits_non_zero_when_its_table_command_fails(tmp_path):
     script = tmp_path / "sweep.sh"
     script.write_text(f"cd {REPO}\nsource scripts/common.sh\nsweep_finish {tmp_path}\n")

@@ -20,6 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None,
                                  reason="Dassl is not installed")
 
+# Every test runs the sweep scripts (with a stand-in for train.py, or real runs): the full tier.
+pytestmark = pytest.mark.slow
+
 # Stands in for the interpreter: records train.py's arguments, fails where told, and
 # otherwise writes what a finished run leaves; passes the sweep's pre-flight check at once;
 # anything else goes to the real Python.

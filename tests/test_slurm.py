@@ -2,7 +2,8 @@
 Slurm (scripts/slurm/local_cluster.sh).
 
 The cluster needs root and Debian's slurmctld, slurmd, slurm-client and munge
-packages (.ci/run installs them when it runs as root); elsewhere these tests skip.
+packages (.ci/run installs them when it runs as root); elsewhere these tests skip, and
+under SOFTCPT_REQUIRE_DASSL (CI) they fail (tests/conftest.py).
 The story test drains the node so that the first submission stays queued: a second
 submission must add nothing, and a task cancelled then must be the only one submitted
 by the next run of the same command.
@@ -21,7 +22,10 @@ import sys
 import time
 
 import pytest
+from conftest import SLURM_REASON
 
+# Every test here runs the sweep scripts or a Slurm cluster: the full tier.
+pytestmark = pytest.mark.slow
 needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="Dassl is not installed")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -281,7 +285,7 @@ def slurm(tmp_path_factory):
     """A running single-node Slurm; SLURM_CONF points at it while the module's tests run."""
     why = _why_no_cluster()
     if why:
-        pytest.skip(why)
+        pytest.skip(f"{SLURM_REASON}: {why}")  # a failure under SOFTCPT_REQUIRE_DASSL
     state = str(tmp_path_factory.mktemp("slurm"))
     started = subprocess.run(["bash", CLUSTER, "start", state], capture_output=True, text=True, timeout=120)
     conf = os.path.join(state, "slurm.conf")
@@ -297,6 +301,27 @@ def slurm(tmp_path_factory):
                 os.environ.pop("SLURM_CONF", None)
             else:
                 os.environ["SLURM_CONF"] = old
+
+
+# Makes this machine look like one without root to the pytest it is put in front of.
+NOT_ROOT = "import os\nos.geteuid = lambda: 1000\n"
+
+
+def test_in_ci_a_slurm_test_that_cannot_run_fails(tmp_path):
+    """Without root the cluster test skips; with SOFTCPT_REQUIRE_DASSL=1 it fails, saying why."""
+    (tmp_path / "sitecustomize.py").write_text(NOT_ROOT)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env.pop("SOFTCPT_REQUIRE_DASSL", None)  # CI sets it for the suite around this test
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "tests/test_slurm.py::test_slurm_sweep_submits_only_what_is_not_done_or_queued"]
+    lenient = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert lenient.returncode == 0 and "1 skipped" in lenient.stdout, lenient.stdout
+    assert f"1 skipped because {SLURM_REASON}" in lenient.stdout
+    strict = subprocess.run(cmd, cwd=REPO, env=dict(env, SOFTCPT_REQUIRE_DASSL="1"),
+                            capture_output=True, text=True, timeout=300)
+    # the cluster fixture's skip becomes a failure of the test's set-up: pytest says "error"
+    assert strict.returncode == 1 and "1 error" in strict.stdout and "skipped" not in strict.stdout
+    assert "a local Slurm needs root" in strict.stdout and "SOFTCPT_REQUIRE_DASSL is set" in strict.stdout
 
 
 def _slurm(*cmd: str) -> str:
