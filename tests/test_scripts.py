@@ -65,7 +65,6 @@ def calls(env) -> list[str]:
         return f.read().splitlines()
 
 
-@pytest.mark.slow
 def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_path):
     fake_env.update(FAIL_SEED="2", SHOTS="1 4", SEEDS="1 2 3")
     done = sweep("scripts/coop/main.sh", "toy", "tiny", "CA", env=fake_env)
@@ -83,7 +82,6 @@ def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_p
     assert again.stdout.count("[sweep] skip") == 4 and again.stdout.count("[sweep] resume") == 2
 
 
-@pytest.mark.slow  # each runs a sweep and its table
 @pytest.mark.parametrize("script, args, folder, expected", [
     ("scripts/softcpt/main.sh", ["general10", "rn50_ep50", "NATS"],
      "general10/SoftCPT/NATS/rn50_ep50_16shots/seed2",
@@ -112,7 +110,6 @@ def test_scripts_pass_coop_style_arguments_and_folders(fake_env, script, args, f
     assert os.path.isfile(os.path.join(out, folder, "done"))
 
 
-@pytest.mark.slow
 def test_options_name_the_run_folders_so_settings_never_share_one(fake_env):
     fake_env.update(SHOTS="16", SEEDS="1")
     out = fake_env["OUTPUT"]
@@ -138,7 +135,6 @@ def test_options_name_the_run_folders_so_settings_never_share_one(fake_env):
         assert f"| {row} | tiny | 50.00 ± 0.00 |" in table
 
 
-@pytest.mark.slow
 def test_base2new_test_loads_the_model_of_the_same_options(fake_env):
     fake_env.update(SHOTS="16", SEEDS="1")
     opts = ["toy", "tiny", "NATA", "OPTIM.LR", "0.1"]
@@ -166,12 +162,12 @@ def _without_nvidia_smi(path: str) -> str:
 
 
 @pytest.mark.parametrize("gpus, found, message", [
-    pytest.param("0 1", 2, None, marks=pytest.mark.slow),  # these run the sweep
-    pytest.param("GPU-00000001-aaaa 0", 2, None, marks=pytest.mark.slow),  # UUIDs as nvidia-smi -L shows them
+    ("0 1", 2, None),
+    ("GPU-00000001-aaaa 0", 2, None),  # UUIDs as nvidia-smi -L shows them
     ("0 2", 2, "names GPU(s) this machine does not have: 2 (nvidia-smi -L lists 2 GPU(s))"),
     ("0", "none", "names GPU(s) this machine does not have: 0 (nvidia-smi -L failed: NVIDIA-SMI has failed"),
     ("0", "torch 0", "does not have: 0 (no nvidia-smi on PATH, and torch.cuda.device_count() is 0)"),
-    pytest.param("1", "torch 2", None, marks=pytest.mark.slow),
+    ("1", "torch 2", None),
     ("cuda:0", 2, "does not have: cuda:0"),
 ])
 def test_gpus_naming_devices_this_machine_lacks_stop_before_any_run(fake_env, tmp_path, gpus, found, message):
@@ -195,7 +191,6 @@ def test_gpus_naming_devices_this_machine_lacks_stop_before_any_run(fake_env, tm
     assert "unset GPUS to run on CPU" in line and not os.path.exists(fake_env["OUTPUT"])
 
 
-@pytest.mark.slow
 def test_gpus_on_this_machine_are_counted_by_torch_without_nvidia_smi(fake_env):
     """No fake count: the real torch of this (GPU-less) machine, as the issue found it."""
     import torch
@@ -207,7 +202,6 @@ def test_gpus_on_this_machine_are_counted_by_torch_without_nvidia_smi(fake_env):
     assert "[GPU 0]" not in done.stdout and not os.path.exists(fake_env["CALLS"])
 
 
-@pytest.mark.slow
 def test_base2new_test_needs_the_finished_training_run(fake_env):
     fake_env.update(SHOTS="16", SEEDS="1 2")
     base = os.path.join(fake_env["OUTPUT"], "base2new", "train_base", "toy", "shots_16", "SoftCPT",
@@ -251,7 +245,6 @@ def _table(stdout: str) -> str:
 
 
 @needs_dassl
-@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to watch the run")
 def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
     out = tmp_path / "out"
@@ -289,7 +282,6 @@ def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
 
 
 @needs_dassl
-@pytest.mark.slow
 def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(tmp_path):
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="1",
                SEEDS="1", SKIP_SETUP="1")
@@ -303,7 +295,6 @@ def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(tmp_path):
 
 
 @needs_dassl
-@pytest.mark.slow
 def test_example_trainer_in_its_own_file_sweeps(tmp_path):
     """examples/my_trainer.py: registered by -m, keys added by its config hook, shared parts only."""
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1")
