@@ -89,6 +89,8 @@ def test_fp16_contexts_round_every_update_and_lose_small_ones(toy_root, k):
                           "CATS", "TRAINER.SOFTCPT.STEPS_PER_BATCH", str(k))
     head, lr = trainer.model.head, trainer.get_current_lr()
     assert lr == pytest.approx(1e-5)  # the warm-up epoch
+    # what results.json records (tiny.yaml: PREC fp32), read by scripts/results.py --paper
+    assert trainer.training_setting() == {"prec": "fp32", "param_dtype": "fp16", "steps_per_batch": k}
     contexts = {"task_ctx": head.task_ctx, "class_ctx": head.class_ctx}
     start = {n: p.detach().clone() for n, p in contexts.items()}
     w0 = head.meta_net.weight.detach().clone()
