@@ -9,18 +9,27 @@ Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), bad config
 input (unknown key or trainer, wrong type, out of range, missing file, YAML error)
 ends in one message that says what to change (README.md#troubleshooting), a
 finished run leaves a ``done`` marker in its output directory, written last, every
-attempt of a run (and the error that ends one) goes to the same ``log.txt``, and
+attempt of a run (and the error that ends one) goes to the same ``log.txt``,
 ``--eval-only`` never writes into a training run's folder or into ``./output``
 unasked: its results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``.
+
+A run owns its output folder while it trains or evaluates (a second process into
+it stops at once, trainers/run_folder.py), refuses a folder recorded with other
+settings, and ends cleanly on SIGTERM, SIGINT (Ctrl-C) and SIGUSR1: the last
+complete epoch stays resumable, log.txt says where it stopped, and the exit code
+is 128 + the signal's number (README.md#reliability). Storage faults (full disk,
+read-only folder, a path that is a file) end in one line naming the path.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import logging
 import os.path as osp
 import signal
 import sys
+import contextlib
 import threading
 import traceback
 from typing import Optional, Sequence
@@ -42,29 +51,56 @@ from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
 import datasets  # noqa: E402,F401  (registers the datasets)
 import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
 from datasets.errors import DatasetError  # noqa: E402
+from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
-from trainers.checkpoint import CheckpointError  # noqa: E402
+from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
 from trainers.config import ConfigError, check_values, extend_cfg  # noqa: E402,F401
-from trainers.config_merge import merge_file, merge_list  # noqa: E402
+from trainers.config_merge import load_yaml, merge_file, merge_list  # noqa: E402
 from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
+from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
 
 
-class Stopped(BaseException):
-    """SIGTERM (Ctrl-C in a sweep, a job scheduler's time limit): leave the log a last line."""
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, SIGINT or SIGUSR1 (Ctrl-C, scancel, a scheduler's warning before its time limit).
+
+    A KeyboardInterrupt, so that DataLoader workers (which inherit the handler)
+    end quietly as they do on Ctrl-C; train.py turns it into one line and the
+    exit code 128 + signum.
+    """
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by signal {signal.Signals(signum).name}: run the same command again "
-                         "to resume from the last checkpoint")
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum
         self.code = 128 + signum
+        self.where = ": run the same command again to resume"  # main() names the epoch
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}{self.where}"
 
 
 def _raise_stopped(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
+class StorageError(RuntimeError):
+    """A file could not be written or read for a reason of the file system: the message names it."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
 # Errors whose message says what to fix: printed as `error: ...`, without a traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError)
 HEAD_FOLDER = "prompt_learner"  # where a training run keeps its checkpoints (trainers/base.py)
+STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
+                  errno.EDQUOT: "the disk quota is exceeded: free space there",
+                  errno.EROFS: "the file system is read-only: choose a writable folder",
+                  errno.EACCES: "permission denied: make it writable or choose another folder",
+                  errno.EPERM: "permission denied: make it writable or choose another folder",
+                  errno.ENOTDIR: "a part of the path is a file, not a folder: give a folder",
+                  errno.EEXIST: "a file is in the way of a folder: give a folder",
+                  errno.EISDIR: "a folder is where a file should be"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +143,10 @@ def setup_cfg(args: argparse.Namespace):
             merge_list(cfg, [key, value], f"--{flag.replace('_', '-')}")
     if args.seed is not None:  # unlike CoOp, --seed 0 is honoured
         cfg.SEED = args.seed
+    if args.config_file and not load_yaml(args.config_file, "--config-file"):
+        raise ConfigError(f"--config-file {args.config_file} is empty: it sets no key, so the run would "
+                          "have Dassl's defaults (no backbone, no schedule); start from a file in "
+                          f"configs/trainers/{args.trainer or '<trainer>'}/ (README.md#troubleshooting).")
     if args.config_file:  # recorded in results.json
         cfg.CONFIG_NAME = osp.splitext(osp.basename(args.config_file))[0]
     merge_list(cfg, args.opts or [])
@@ -170,29 +210,118 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         check_trainer(cfg.TRAINER.NAME)
     except ConfigError as err:  # before log.txt is open: add it there all the same
         if not args.eval_only:  # (an eval's --output-dir may be a training run's folder)
-            append_to_log(args.output_dir, f"error: {err}")
+            try:
+                append_to_log(args.output_dir, f"error: {err}")
+            except OSError:  # a folder that cannot be written: the console has it
+                pass
         raise
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS} if in_main_thread else {}
+    try:
+        with storage_errors(cfg, args), owned(cfg.OUTPUT_DIR):
+            logged_run(cfg, args)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def owned(folder: str):
+    """The run folder's lock (trainers/run_folder.py), when there is a folder."""
+    return hold(folder) if folder else contextlib.nullcontext()
+
+
+def logged_run(cfg, args: argparse.Namespace) -> None:
+    """``run`` with stdout teed into log.txt, and the error or stop that ends it written there."""
     stdout = sys.stdout
     log = open_run_log(cfg.OUTPUT_DIR)  # tees stdout into OUTPUT_DIR/log.txt (appends)
     setup_logging()
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:
+        folders = [cfg.OUTPUT_DIR] if args.eval_only else [cfg.OUTPUT_DIR, cfg.RESUME]
+        trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+        resolved = getattr(trainer_class, "resolved_cfg", None)  # Dassl's own trainers have none
+        check_settings(resolved(cfg) if resolved else cfg, folders)
         run(cfg, args)
-    except (*USER_ERRORS, Stopped) as err:  # the console gets it from __main__, the log here
-        if log is not None:
-            log.record(str(err) if isinstance(err, Stopped) else f"error: {err}")
+    except Stopped as err:
+        err.where = stopped_where(cfg)
+        _record(log, str(err))
         raise
-    except BaseException:
-        if log is not None:
-            log.record(traceback.format_exc())
+    except USER_ERRORS as err:  # the console gets it from __main__, the log here
+        _record(log, f"error: {err}")
         raise
+    except Exception as err:
+        wrapped = as_storage_error(err, cfg)  # torch wraps a full disk in a RuntimeError
+        if wrapped is None:
+            _record(log, traceback.format_exc())
+            raise
+        _record(log, f"error: {wrapped}")
+        raise wrapped from None
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
         restore_stdout(stdout)
+
+
+def _record(log, text: str) -> None:
+    if log is None:
+        return
+    try:
+        log.record(text)
+    except OSError:  # the log's own file system may be the full one
+        pass
+
+
+@contextlib.contextmanager
+def storage_errors(cfg, args: argparse.Namespace):
+    """Storage faults before the log is open (the lock, log.txt itself): one line, no traceback."""
+    try:
+        yield
+    except USER_ERRORS:
+        raise
+    except Exception as err:
+        wrapped = as_storage_error(err, cfg)
+        if wrapped is None:
+            raise
+        if args.eval_only or not osp.isdir(cfg.OUTPUT_DIR or "/nonexistent/"):
+            raise wrapped from None
+        try:  # the log could not be opened: add the line if the file system lets us
+            append_to_log(cfg.OUTPUT_DIR, f"error: {wrapped}")
+        except OSError:
+            pass
+        raise wrapped from None
+
+
+def as_storage_error(err: BaseException, cfg) -> Optional[StorageError]:
+    """A StorageError naming the path, what is wrong and the fix; None for other errors."""
+    cause = ckpt_io.storage_cause(err)
+    if cause is None or cause.errno not in STORAGE_ERRNOS:
+        return None
+    path = cause.filename or "?"
+    flag = ""
+    for option, folder in (("--output-dir", cfg.OUTPUT_DIR), ("--root", cfg.DATASET.ROOT)):
+        if folder and osp.abspath(str(path)).startswith(osp.abspath(folder)):
+            flag = f" (under {option} {folder})"
+            break
+    saved = last_saved(cfg)
+    kept = (f"; the checkpoints written before are kept: once fixed, the same command resumes after "
+            f"epoch {saved[0]}") if saved else ""
+    return StorageError(cause.errno, f"cannot write or read {path}{flag}: {cause.strerror}; "
+                        f"{STORAGE_ERRNOS[cause.errno]}{kept} (README.md#reliability)")
+
+
+def last_saved(cfg) -> Optional[tuple[int, str]]:
+    """(epoch, file) of the newest epoch checkpoint in the output folder, if any."""
+    folder = osp.join(cfg.OUTPUT_DIR, HEAD_FOLDER) if cfg.OUTPUT_DIR else ""
+    epochs = ckpt_io.saved_epochs(folder) if folder else []
+    return (epochs[-1], osp.join(folder, f"model.pth.tar-{epochs[-1]}")) if epochs else None
+
+
+def stopped_where(cfg) -> str:
+    """`` after epoch 3 of 50 (saved in ...): run the same command again to resume from epoch 3``."""
+    saved = last_saved(cfg)
+    if saved is None:
+        return " before the first epoch was saved: run the same command again to start it from epoch 1"
+    return (f" after epoch {saved[0]} of {cfg.OPTIM.MAX_EPOCH} (saved in {saved[1]}): run the same "
+            f"command again to resume from epoch {saved[0]}")
 
 
 def run(cfg, args: argparse.Namespace) -> None:
@@ -222,3 +351,6 @@ if __name__ == "__main__":
     except Stopped as err:
         print(err, file=sys.stderr)
         sys.exit(err.code)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: still no traceback
+        print("stopped by signal SIGINT: run the same command again to resume", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

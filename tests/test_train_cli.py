@@ -129,4 +129,5 @@ def test_sigterm_leaves_a_last_line_in_log_txt(tmp_path, monkeypatch):
         train.main(["--trainer", "SoftCPT", "--output-dir", str(tmp_path)])
     assert err.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
     assert (tmp_path / "log.txt").read_text().endswith(
-        "stopped by signal SIGTERM: run the same command again to resume from the last checkpoint\n")
+        "stopped by signal SIGTERM before the first epoch was saved: run the same command again to "
+        "start it from epoch 1\n")

@@ -19,16 +19,15 @@ from dassl.engine import TrainerX
 from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.task_info import TaskInfo, task_info_of
 from trainers import checkpoint as ckpt_io
 from trainers import feature_cache
-from trainers.atomic import atomic_write, remove_stale_temps
+from trainers.atomic import atomic_write
 from trainers.backbone import load_clip, resolve_precision
 from trainers.checkpoint import CheckpointError
-from trainers.config import ConfigError
+from trainers.config import ConfigError, effective_config
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
 from trainers.text_encoder import TextEncoder
@@ -126,6 +125,12 @@ class MultiTaskPromptTrainer(TrainerX):
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, task_info=self.task_info)
 
     # ------------------------------------------------------------------ build
+    @classmethod
+    def resolved_cfg(cls, cfg):
+        """The config this trainer runs with (SoftCPT fills its variant's keys): what checkpoints
+        and results.json record, and what a rerun is compared with."""
+        return cfg
+
     @property
     def tcfg(self):
         return self.cfg.TRAINER[self.TRAINER_KEY]
@@ -258,9 +263,8 @@ class MultiTaskPromptTrainer(TrainerX):
         TEST.FEATURE_CACHE is False or the transform is random.
         """
         wrapper = loader.dataset
-        # Same images, batch size and order as the loader, whatever its sampler.
-        ordered = DataLoader(wrapper, batch_size=loader.batch_size, shuffle=False,
-                             num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+        # Same images, batch size and order as the loader, whatever its sampler; its own generator.
+        ordered = feature_cache.ordered_loader(loader)
 
         def encode():
             for batch in tqdm(ordered, desc=f"encoding {split} images"):
@@ -289,6 +293,7 @@ class MultiTaskPromptTrainer(TrainerX):
                       split=split, epoch=self.epoch + 1 if self.epoch >= 0 else None,
                       subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
                       resumed_from_epoch=getattr(self, "resumed_from_epoch", None),
+                      effective_config=effective_config(cfg, run_keys=False),
                       **self.training_setting())
         name = "results.json" if split == "test" else f"results_{split}.json"
         atomic_write(osp.join(cfg.OUTPUT_DIR, name), json.dumps(report, indent=2))
@@ -302,6 +307,32 @@ class MultiTaskPromptTrainer(TrainerX):
                 "steps_per_batch": node.get("STEPS_PER_BATCH", 1)}
 
     # ------------------------------------------------------------ checkpoints
+    def after_epoch(self) -> None:
+        """Dassl's, except that every epoch is saved: a run stopped at any point resumes from its
+        last complete epoch. TRAIN.CHECKPOINT_FREQ decides which epochs stay as snapshots."""
+        cfg = self.cfg
+        if not cfg.TEST.NO_TEST and cfg.TEST.FINAL_MODEL == "best_val":
+            result = self.test(split="val")
+            if result > self.best_result:
+                self.best_result = result
+                self.save_model(self.epoch, self.output_dir, val_result=result,
+                                model_name=ckpt_io.BEST)
+        self.save_model(self.epoch, self.output_dir)
+        for name in self.get_model_names():  # the previous epoch goes once this one is whole
+            ckpt_io.prune_resume_points(osp.join(self.output_dir, name), self.epoch + 1,
+                                        cfg.TRAIN.CHECKPOINT_FREQ, self.max_epoch)
+
+    def backbone_identity(self) -> dict:
+        """The frozen CLIP a checkpoint was trained on: its name and a fingerprint of its weights."""
+        cfg = getattr(self, "cfg", None)
+        backbone = cfg.MODEL.BACKBONE if cfg is not None else None
+        model = self.model
+        weights = ":".join(feature_cache.weights_fingerprint(m)[:16]
+                           for m in (model.image_encoder, model.text_encoder))
+        return {"name": backbone.NAME if backbone is not None else None,
+                "pretrained_tag": backbone.PRETRAINED_TAG if backbone is not None else None,
+                "weights": weights}
+
     def checkpoint_identity(self) -> dict:
         """Who saved a checkpoint: the trainer and (SoftCPT) its variant, checked on load."""
         cfg = getattr(self, "cfg", None)
@@ -320,6 +351,8 @@ class MultiTaskPromptTrainer(TrainerX):
             "task_keys": list(self.task_info.keys),
             "classnames": self.task_info.all_classnames,
             **self.checkpoint_identity(),
+            "backbone": self.backbone_identity(),
+            "effective_config": effective_config(self.cfg) if getattr(self, "cfg", None) else None,
             "rng": ckpt_io.rng_state(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "best_result": float(getattr(self, "best_result", float("-inf"))),
@@ -340,9 +373,6 @@ class MultiTaskPromptTrainer(TrainerX):
         Damaged files are skipped with a warning naming them; the random states
         are restored, so the run goes on exactly as it would have uninterrupted.
         """
-        for folder in [directory] + [osp.join(directory, n) for n in self.get_model_names()]:
-            for path in remove_stale_temps(folder):
-                logger.info("Removed %s, left by an interrupted write.", path)
         found = {}
         for name in self.get_model_names():
             folder = osp.join(directory, name)
@@ -404,11 +434,12 @@ class MultiTaskPromptTrainer(TrainerX):
         saved = {"trainer": ckpt.get("trainer"), "variant": ckpt.get("variant")}
         own = self.checkpoint_identity()
         if saved["trainer"] is not None and saved != own:  # older checkpoints record no trainer
-            todo = (f"this output folder holds another run: choose another --output-dir (or remove "
-                    f"{osp.dirname(path)}) to start this one" if resuming else
+            todo = ("this output folder holds another run, which is kept: give this run its own "
+                    "--output-dir" if resuming else
                     f"evaluate it as {_who(saved)} (--trainer and the variant of its training run), or "
                     f"give a --model-dir trained as {_who(own)}")
             raise CheckpointError(f"{path} was saved by {_who(saved)}; this run is {_who(own)}: {todo}.")
+        self._check_backbone(ckpt, path, resuming)
         head = self.model.head
         own_state = head.state_dict()
         same_classes = ckpt.get("classnames") == self.task_info.all_classnames
@@ -431,6 +462,33 @@ class MultiTaskPromptTrainer(TrainerX):
                 raise CheckpointError(f"{path}: {key!r} has shape {tuple(value.shape)}, this model "
                                       f"needs {tuple(own_state[key].shape)}: check N_CTX and the "
                                       f"backbone{unknown}.")
+
+
+    def _check_backbone(self, ckpt: dict, path: str, resuming: bool) -> None:
+        saved = ckpt.get("backbone")
+        if not saved:  # older checkpoints record no backbone
+            return
+        own = self.backbone_identity()
+        if saved == own:
+            return
+        if resuming:
+            todo = ("this output folder holds a run on that backbone, which is kept: give this run its "
+                    "own --output-dir")
+        elif saved["name"] == own["name"]:
+            todo = ("the same name with other weights: evaluate with the weights it was trained with "
+                    "(the same file or MODEL.BACKBONE.PRETRAINED_TAG), or give a --model-dir trained "
+                    "on these")
+        else:
+            todo = (f"evaluate it with the backbone it was trained on (--backbone {saved['name']}), or give "
+                    f"a --model-dir trained on {own['name']}")
+        raise CheckpointError(f"{path} was trained on backbone {_backbone(saved)}; this run uses "
+                              f"{_backbone(own)}: {todo}.")
+
+
+def _backbone(identity: dict) -> str:
+    """``RN50 (weights 1a2b...:3c4d...)``, with the open_clip tag when there is one."""
+    tag = f" {identity['pretrained_tag']}" if identity.get("pretrained_tag") else ""
+    return f"{identity['name']}{tag} (weights {identity['weights']})"
 
 
 def _who(identity: dict) -> str:

@@ -6,15 +6,21 @@ CoOp): ``model.pth.tar-<epoch>``, optionally ``model-best.pth.tar``, and
 written by ``trainers.atomic`` (whole or not at all). Each checkpoint also holds
 the random number generator states that decide what comes next, so a resumed
 run continues exactly as the uninterrupted one would have.
+
+Every epoch is saved (resumable); ``TRAIN.CHECKPOINT_FREQ`` only decides which
+epochs are kept as snapshots (every N-th and the last): the previous epoch's
+file, if it is not a snapshot, is removed once the new one is written whole.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import os.path as osp
 import random
 import re
-from typing import Optional
+import signal
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -31,15 +37,74 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or from another model: the message says which."""
 
 
+# The signals that stop a run cleanly (train.py): held back while a checkpoint and its
+# pointer are written, so that a stop never falls between the two.
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n))
+
+
 # ------------------------------------------------------------------ writing
 def write_checkpoint(state: dict, folder: str, model_name: str = "") -> str:
-    """``<folder>/model.pth.tar-<epoch>`` (or ``model_name``), then the pointer to it."""
+    """``<folder>/model.pth.tar-<epoch>`` (or ``model_name``), then the pointer to it.
+
+    A storage fault raises the ``OSError`` itself (torch wraps a full disk in a
+    RuntimeError about the zip writer's position), naming the file.
+    """
     name = model_name or f"model.pth.tar-{state['epoch']}"
     path = osp.join(folder, name)
-    atomic_torch_save(state, path)
-    atomic_write(osp.join(folder, POINTER), name + "\n")
+    with stop_signals_held():
+        try:
+            atomic_torch_save(state, path)
+            atomic_write(osp.join(folder, POINTER), name + "\n")
+        except (OSError, RuntimeError) as err:
+            cause = storage_cause(err)
+            if cause is None:
+                raise
+            if cause.filename is None:
+                cause.filename = path
+            raise cause from None
     print(f"Checkpoint saved to {path}")
     return path
+
+
+def storage_cause(err: BaseException) -> Optional[OSError]:
+    """The OSError behind ``err`` (itself, or what it was raised from or during), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ if err.__suppress_context__ else (err.__cause__ or err.__context__)
+    return None
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Deliver SIGTERM/SIGINT/SIGUSR1 only after the block (POSIX; elsewhere a no-op)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def is_snapshot(epoch: int, freq: int, max_epoch: int) -> bool:
+    """Is epoch ``epoch`` (1-based) kept once the next one is saved? Every ``freq``-th and the last."""
+    return epoch >= max_epoch or (freq > 0 and epoch % freq == 0)
+
+
+def prune_resume_points(folder: str, newest: int, freq: int, max_epoch: int) -> list[str]:
+    """Remove the epoch files older than ``newest`` that are not snapshots (call after writing
+    ``newest``: the previous resumable file goes only once a newer one is whole)."""
+    removed = []
+    for epoch in saved_epochs(folder):
+        if epoch < newest and not is_snapshot(epoch, freq, max_epoch):
+            path = osp.join(folder, f"model.pth.tar-{epoch}")
+            os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 # ------------------------------------------------------------------ finding
@@ -68,7 +133,7 @@ def path_to_load(folder: str, epoch: Optional[int]) -> str:
         if not osp.exists(path):
             raise CheckpointError(f"no checkpoint for epoch {epoch} (--load-epoch): "
                                   f"{describe_saved(folder)}. TRAIN.CHECKPOINT_FREQ decides which "
-                                  "epochs are saved; the last one always is.")
+                                  "epochs are kept; the last one always is.")
         return path
     if osp.exists(osp.join(folder, BEST)):
         return osp.join(folder, BEST)

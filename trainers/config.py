@@ -6,8 +6,9 @@ to its code (``add_<family>_config``) and is listed here.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+import yaml
 from yacs.config import CfgNode as CN
 
 PRECISIONS = ("fp16", "fp32", "amp")
@@ -135,6 +136,76 @@ def check_values(cfg: CN) -> None:
     for split in ("TRAIN_X", "TEST"):
         check_int(f"DATALOADER.{split}.BATCH_SIZE", cfg.DATALOADER[split].BATCH_SIZE, 1)
     check_int("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, 0)
+    check_int("TRAIN.CHECKPOINT_FREQ", cfg.TRAIN.CHECKPOINT_FREQ, 0)
+    decay = cfg.OPTIM.WEIGHT_DECAY
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay >= 0:
+        raise bad_value("OPTIM.WEIGHT_DECAY", decay, "a number >= 0 (Dassl's default 5e-4)")
     for name, node in cfg.TRAINER.items():
         if isinstance(node, CN) and "STEPS_PER_BATCH" in node:
             check_prompt_keys(node, f"TRAINER.{name}")
+
+
+# ------------------------------------------------------------ a run's recorded settings
+# Keys that say where a run reads and writes and how fast it goes, not what it computes: a
+# run's folder may be resumed or evaluated again with other values (README.md#reliability).
+# Every other key changes results, and a rerun into a folder recorded with another value of
+# it is refused (train.py). DATALOADER.NUM_WORKERS is here although it changes the random
+# crops and flips drawn after a resume (each worker has its own generator): a resumed run
+# with another worker count goes on with the same settings, not bit for bit as an
+# uninterrupted one (train.py says so).
+RUN_ONLY_KEYS = (
+    "OUTPUT_DIR", "RESUME", "DATASET.ROOT",  # where (sweeps make DATA absolute)
+    "DATALOADER.NUM_WORKERS", "USE_CUDA",  # how fast, on what
+    "TRAIN.PRINT_FREQ", "VERBOSE",  # how much is printed
+    "TRAIN.CHECKPOINT_FREQ",  # which epochs are kept as snapshots (every epoch is resumable)
+    "TEST.FEATURE_CACHE", "TEST.FEATURE_CACHE_DIR",  # the cache is exact (trainers/feature_cache.py)
+)
+
+
+def effective_config(cfg: CN, run_keys: bool = True) -> dict:
+    """The whole merged config as plain data (YAML's view: tuples are lists), for checkpoints;
+    without the RUN_ONLY_KEYS (``run_keys=False``) for results.json, which is then the same
+    wherever and however fast a run went."""
+    tree = yaml.safe_load(cfg.dump())
+    if not run_keys:
+        for key in RUN_ONLY_KEYS:
+            *parents, last = key.split(".")
+            node = tree
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
+    return tree
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"OPTIM.LR": 0.002, ...}`` from a nested config."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(recorded: dict, current: dict,
+                       ignore: tuple[str, ...] = RUN_ONLY_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, recorded value, current value) of every key that changes results and differs.
+
+    Keys missing on one side (a config recorded by an older version) are not compared.
+    """
+    old, new = flatten(recorded), flatten(current)
+    return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
+            if k not in ignore and old[k] != new[k]]
+
+
+def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
+    """One line per key: ``  OPTIM.LR: 0.002 (recorded) -> 0.001 (this run)``."""
+    return "\n".join(f"  {key}: {old!r} (recorded) -> {new!r} (this run)" for key, old, new in diffs)
+
+
+def run_only_differences(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """The RUN_ONLY_KEYS that differ (told, not refused)."""
+    old, new = flatten(recorded), flatten(current)
+    return [(k, old[k], new[k]) for k in RUN_ONLY_KEYS if k in old and k in new and old[k] != new[k]]
