@@ -178,7 +178,7 @@ def test_amp_takes_one_scaled_step_per_batch_and_k_schedule_steps(toy_root, k, a
     """amp (a GradScaler, injected here on CPU with CPU autocast): one optimizer step per batch;
     fp32/fp16: k per batch. The schedule takes k steps per epoch in both."""
     trainer = toy_trainer(toy_root, "TRAINER.SOFTCPT.STEPS_PER_BATCH", str(k), "OPTIM.MAX_EPOCH", "3",
-                          "TRAINER.SOFTCPT.N_CTX", "2", batch=12)
+                          "TRAINER.SOFTCPT.N_CTX", "2", batch=8)
     if amp:
         trainer.scaler, trainer.precision = CountingScaler(), "amp"
     optim_steps = counted(trainer.optim, "step")
