@@ -25,6 +25,9 @@ PLACEHOLDER = re.compile(r"[<>{}*$]")
 # Names that are not files of the repository, on purpose.
 NOT_FILES = {
     "table.md": "written by scripts/results.py into the summary folder",
+    "paper.md": "written by scripts/results.py --paper into the summary folder",
+    "gpu_check.md": "written by scripts/bench/gpu_check.py into its --out folder",
+    "output/gpu_check/gpu_check.md": "gpu_check.py's default output, written when it runs",
     "configs/trainers/TaskWordCoOp/": "the folder README.md#add-a-trainer tells the reader to create",
     "configs/trainers/SoftCPT/tny.yaml": "the misspelt path of README.md#troubleshooting's example",
 }
