@@ -173,10 +173,11 @@ def generated_groups(run_dir: str, ckpt: dict, clip_model, per_class: bool,
                          f"({type(err).__name__}: {err}); not shown")
             return []
         notes.append(f"generated contexts read from {path} ({type(err).__name__} rebuilding them)")
-        per_task, per_cls = saved["contexts"], saved.get("class_contexts")
+        per_task, per_cls = saved["contexts"], None
     keys, names = saved["task_keys"], saved["task_names"]
     groups = []
-    kind = "generated context" if per_cls is None else "generated context (mean over the task's classes)"
+    class_aware = per_cls is not None or _class_aware(saved)
+    kind = "generated context (mean over the task's classes)" if class_aware else "generated context"
     for key, name, vectors in zip(keys, names, per_task):
         groups.append((kind, f"{key}: {name}" if key != name else key, vectors))
     if per_class and per_cls is not None:
@@ -184,6 +185,15 @@ def generated_groups(run_dir: str, ckpt: dict, clip_model, per_class: bool,
         for cname, vectors in zip(flat, per_cls):
             groups.append(("generated context (per class)", cname, vectors))
     return groups
+
+
+def _class_aware(saved: dict) -> bool:
+    """Whether the saved run's variant generates a context per class (TRAINER.SOFTCPT.CSC)."""
+    import yaml
+    try:
+        return bool(yaml.safe_load(saved.get("config") or "")["TRAINER"]["SOFTCPT"]["CSC"])
+    except (yaml.YAMLError, KeyError, TypeError):
+        return False
 
 
 def regenerate(saved: dict, ckpt: dict, clip_model) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -14,7 +14,10 @@ Folder layouts understood (CoOp's conventions):
 
 * ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/[<tag>/]seed<S>`` (main sweeps);
 * ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>[<options>]/seed<S>``;
-* ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script).
+* ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script);
+* ``task_transfer/<benchmark>/heldout_<task>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/seed<S>``
+  (scripts/softcpt/task_transfer.sh): a table of its own, held-out task x method, with the
+  mean over held-out tasks (``transfer.csv``).
 
 ``<options>`` are the sweep's extra ``KEY VALUE`` config options as the sweep scripts
 name folders (``scripts/common.sh``, ``options_tag``): ``_<KEY>-<VALUE>`` each, e.g.
@@ -443,7 +446,7 @@ HELDOUT_DIR = re.compile(r"^heldout_(.+)$")
 
 def transfer_place(path: str) -> Optional[tuple[str, str, str, str, int]]:
     """(benchmark, held-out task, stage, method, shots) of a run of scripts/softcpt/task_transfer.sh:
-    ``task_transfer/<bench>/heldout_<key>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots/seed<S>``;
+    ``task_transfer/<bench>/heldout_<key>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/seed<S>``;
     None for any other run."""
     parts = os.path.abspath(path).split(os.sep)
     if TRANSFER_DIR not in parts:
@@ -453,12 +456,13 @@ def transfer_place(path: str) -> Optional[tuple[str, str, str, str, int]]:
         rest = rest[:-1]
     if len(rest) < 5 or not HELDOUT_DIR.match(rest[1]) or rest[2] not in ("train", "test"):
         return None
-    shots_at = next((i for i, p in enumerate(rest) if i > 3 and SHOTS_DIR.match(p)), None)
+    shots_at = next((i for i, p in enumerate(rest) if i > 3 and SHOTS_DIR.match(split_options(p)[0])), None)
     if shots_at is None:
         return None
-    method = "/".join(rest[3:shots_at])
+    name, options = split_options(rest[shots_at])  # the sweep's KEY VALUE options, as in describe
+    method = " ".join(["/".join(rest[3:shots_at])] + options)
     return rest[0], HELDOUT_DIR.match(rest[1]).group(1), rest[2], method, \
-        int(SHOTS_DIR.match(rest[shots_at]).group("shots"))
+        int(SHOTS_DIR.match(name).group("shots"))
 
 
 def split_transfer_runs(runs: list[Run]) -> tuple[list[Run], list[tuple[tuple, Run]]]:

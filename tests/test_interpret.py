@@ -284,3 +284,21 @@ def test_cocoop_context_is_per_task_even_with_one_class_per_task(tmp_path, tiny_
                                            "--csv", str(tmp_path / "c.csv")]))
     assert {(r["context"], r["owner"], r["word"]) for r in rows} == {
         ("context (per task)", "task 0", "cat"), ("context (per task)", "task 1", "cat")}
+
+
+def test_saved_contexts_are_shown_only_for_their_own_epoch_when_the_head_cannot_be_rebuilt(
+        tmp_path, tiny_clip, clip_loads, capsys):
+    run, head = softcpt_run(tmp_path, tiny_clip)
+    path = str(run / interpret.GENERATED_FILE)
+    state = interpret.load_generated(path)
+    state["config"] = "TRAINER:\n  NO_SUCH_NODE: 1\n"  # a config this version cannot merge
+    torch.save(state, path)
+    rows = read_csv(interpret_prompt.main([str(run), "--topk", "1", "--csv", str(tmp_path / "a.csv")]))
+    assert "could not be rebuilt for epoch 3" in capsys.readouterr().out
+    assert not [r for r in rows if r["context"].startswith("generated")]  # saved at epoch 2: not shown
+    state["epoch"] = 3
+    torch.save(state, path)
+    rows = read_csv(interpret_prompt.main([str(run), "--topk", "1", "--csv", str(tmp_path / "b.csv")]))
+    assert "generated contexts read from" in capsys.readouterr().out
+    generated = [r for r in rows if r["context"] == "generated context"]
+    assert len(generated) == 3 * head.n_ctx and {r["word"] for r in generated} == {"photo"}

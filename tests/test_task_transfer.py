@@ -165,20 +165,21 @@ def test_sweep_trains_without_each_task_and_evaluates_it_alone(env, tmp_path):
     trains = [c for c in calls if "--eval-only" not in c and "ZeroshotCLIP" not in c]
     assert len(trains) == 3 * 2 * 2  # tasks x (SoftCPT, CoOp-MT) x seeds
     for index, key in tasks:
-        softcpt = f"{out}/heldout_{key}/train/SoftCPT/CATA/tiny_4shots/seed2"
+        softcpt = f"{out}/heldout_{key}/train/SoftCPT/CATA/tiny_4shots_OPTIM.MAX_EPOCH-3/seed2"
         (train,) = [c for c in calls if c.startswith(f"train.py --output-dir {softcpt} ")]
         assert f"DATASET.HOLD_OUT_TASKS '{index}' TRAINER.SOFTCPT.VARIANT CATA OPTIM.MAX_EPOCH 3" in train
-        (test,) = [c for c in calls if f"--output-dir {out}/heldout_{key}/test/SoftCPT/CATA/tiny_4shots/seed2 " in c]
+        (test,) = [c for c in calls
+                   if f"--output-dir {out}/heldout_{key}/test/SoftCPT/CATA/tiny_4shots_OPTIM.MAX_EPOCH-3/seed2 " in c]
         assert f"--eval-only --model-dir {softcpt} " in test and f"DATASET.SUBSAMPLE_TASKS '{index}'" in test
         assert calls.index(test) > max(calls.index(c) for c in trains)  # every training first
-        (coop,) = [c for c in calls if f"{out}/heldout_{key}/test/CoOp/MT/tiny_4shots/seed1 " in c]
+        (coop,) = [c for c in calls if f"{out}/heldout_{key}/test/CoOp/MT/tiny_4shots_OPTIM.MAX_EPOCH-3/seed1 " in c]
         assert "TRAINER.COOP.SHARING all TRAINER.COOP.CSC False" in coop
-        assert f"--model-dir {out}/heldout_{key}/train/CoOp/MT/tiny_4shots/seed1 " in coop
+        assert f"--model-dir {out}/heldout_{key}/train/CoOp/MT/tiny_4shots_OPTIM.MAX_EPOCH-3/seed1 " in coop
         (zs,) = [c for c in calls if "--trainer ZeroshotCLIP" in c and f"heldout_{key}/" in c]
-        assert f"test/ZeroshotCLIP/tiny_0shots/seed1 " in zs and "DATASET.NUM_SHOTS 0" in zs
+        assert "test/ZeroshotCLIP/tiny_0shots_OPTIM.MAX_EPOCH-3/seed1 " in zs and "DATASET.NUM_SHOTS 0" in zs
     assert len(calls) == 12 + 12 + 3
     assert "## Task transfer: toy" in done.stdout
-    again = sweep("toy", "tiny", "CATA", env=env)
+    again = sweep("toy", "tiny", "CATA", "OPTIM.MAX_EPOCH", "3", env=env)
     assert again.returncode == 0 and len(open(env["CALLS"]).read().splitlines()) == len(calls)
 
 
@@ -193,15 +194,16 @@ def test_toy_task_transfer_end_to_end(tmp_path):
     done = sweep("toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "2", env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout.split("## Task transfer: toy")[1].split("\n\n")[2].splitlines()
-    assert table[0] == "| held-out task | SoftCPT/NATA (1 shot) | CoOp/MT (1 shot) | ZeroshotCLIP |"
+    assert table[0] == ("| held-out task | SoftCPT/NATA OPTIM.MAX_EPOCH=2 (1 shot) | CoOp/MT OPTIM.MAX_EPOCH=2 "
+                        "(1 shot) | ZeroshotCLIP OPTIM.MAX_EPOCH=2 |")
     assert [row.split(" | ")[0] for row in table[2:]] == ["| colours", "| shapes", "| stripes", "| mean"]
     assert "missing" not in "\n".join(table) and "incomplete" not in table[-1]
     out = tmp_path / "out" / "task_transfer" / "toy"
     names = {"shapes": "shape recognition", "colours": "colour recognition",
              "stripes": "stripe orientation recognition"}
     for key, name in names.items():
-        test = out / f"heldout_{key}" / "test" / "SoftCPT" / "NATA" / "tiny_1shots" / "seed1"
-        train = out / f"heldout_{key}" / "train" / "SoftCPT" / "NATA" / "tiny_1shots" / "seed1"
+        test = out / f"heldout_{key}" / "test" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-2" / "seed1"
+        train = out / f"heldout_{key}" / "train" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-2" / "seed1"
         report = json.loads((test / "results.json").read_text())
         assert [t["key"] for t in report["tasks"]] == [key]
         seen = json.loads((train / "results.json").read_text())

@@ -98,18 +98,17 @@ def rows_csv(rows: Sequence[dict]) -> str:
 # ------------------------------------------------------------------ generated contexts
 def save_generated(path: str, contexts: torch.Tensor, keys: Sequence[str], names: Sequence[str],
                    scores: Optional[Sequence[float]], epoch: Optional[int], config: str,
-                   class_contexts: Optional[torch.Tensor] = None,
                    classnames: Sequence[Sequence[str]] = (), metrics: Sequence[str] = (),
                    templates: Sequence[str] = ()) -> None:
     """``generated_contexts.pt``: per-task contexts ``(T, N_CTX, W)`` and what they belong to.
 
-    ``class_contexts`` ``(C, N_CTX, W)``: the class-aware variants generate one
-    context per class; ``contexts`` is then each task's mean over its classes.
-    ``config`` (the run's ``cfg.dump()``) lets ``scripts/interpret_prompt.py``
-    rebuild the head for another epoch.
+    The class-aware variants generate one context per class; ``contexts`` is then
+    each task's mean over its classes, and the per-class ones are left out (for
+    General-10's 1,191 classes they would take 39 MB): ``scripts/interpret_prompt.py``
+    regenerates them from the checkpoint, with ``config`` (the run's
+    ``cfg.dump()``), the tasks and their classes saved here.
     """
     state = {"version": GENERATED_VERSION, "contexts": contexts.detach().float().cpu(),
-             "class_contexts": None if class_contexts is None else class_contexts.detach().float().cpu(),
              "task_keys": list(keys), "task_names": list(names),
              "scores": None if scores is None else [float(s) for s in scores],
              "epoch": epoch, "config": config, "classnames": [list(c) for c in classnames],

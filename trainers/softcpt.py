@@ -317,14 +317,13 @@ def save_run_contexts(trainer: SoftCPT) -> None:
     Written after results.json: a failure here is a warning and loses no result.
     """
     cfg, info, head = trainer.cfg, trainer.task_info, trainer.model.head
-    per_task, per_class = head.generated_contexts(trainer.model.text_encoder)
+    per_task, _ = head.generated_contexts(trainer.model.text_encoder)
     tasks = getattr(trainer.evaluator, "report", {}).get("tasks") or []
     scores = [t["score"] for t in tasks] if len(tasks) == info.num_tasks else None
     epoch = trainer.epoch + 1 if trainer.epoch >= 0 else None
     path = os.path.join(cfg.OUTPUT_DIR, interpret.GENERATED_FILE)
     interpret.save_generated(path, per_task, info.keys, info.names, scores, epoch, cfg.dump(),
-                             class_contexts=per_class, classnames=info.classnames,
-                             metrics=info.metrics, templates=info.templates)
+                             classnames=info.classnames, metrics=info.metrics, templates=info.templates)
     try:
         written = interpret.write_run_analysis(cfg.OUTPUT_DIR, interpret.load_generated(path))
     except Exception as err:  # noqa: BLE001 - a picture must not fail a finished run

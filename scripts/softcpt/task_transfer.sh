@@ -11,12 +11,12 @@
 #   VARIANT    NATA (default) or CATA: the variants whose every learned part is shared by all
 #              tasks. NATS, CATS (a task context per task), CSTA, CSTS (a class context per
 #              class) have nothing learned for a task they never saw, and are refused.
-#   KEY VALUE  more config options for every run (they do not change the folder names)
+#   KEY VALUE  more config options for every run (they name the folders: <CFG>_<K>shots_KEY-VALUE)
 #
 # Environment: SHOTS (default 16), SEEDS (default "1 2 3"), COOP (MT, the default, or none:
 # the CoOp baseline; per-task CoOp, CA or CS, is refused), and DATA, OUTPUT, PYTHON, GPUS, JOBS,
 # LAUNCHER as scripts/softcpt/main.sh. Finished runs are skipped.
-# Runs: $OUTPUT/task_transfer/<BENCHMARK>/heldout_<KEY>/train/<Trainer>/<VARIANT>/<CFG>_<K>shots/seed<S>
+# Runs: $OUTPUT/task_transfer/<BENCHMARK>/heldout_<KEY>/train/<Trainer>/<VARIANT>/<CFG>_<K>shots[_KEY-VALUE...]/seed<S>
 # (trained without task KEY) and .../heldout_<KEY>/test/... (evaluated on task KEY alone);
 # zero-shot CLIP: .../heldout_<KEY>/test/ZeroshotCLIP/<CFG>_0shots/seed1.
 # With LAUNCHER=slurm the evaluations need the finished trainings: run the same command
@@ -80,8 +80,9 @@ mapfile -t TASK_LINES <<< "$LISTING"
 ROOT="$OUTPUT/task_transfer/$BENCHMARK"
 SOFTCPT_OPTS=(TRAINER.SOFTCPT.VARIANT "$VARIANT")
 COOP_OPTS=(TRAINER.COOP.SHARING all TRAINER.COOP.CSC False)
-SOFTCPT_RUN="SoftCPT/$VARIANT/${CFG}_{shots}shots/seed{seed}"
-COOP_RUN="CoOp/MT/${CFG}_{shots}shots/seed{seed}"
+TAG=$(options_tag "$@")  # the user's KEY VALUE options name the folders, as in the other sweeps
+SOFTCPT_RUN="SoftCPT/$VARIANT/${CFG}_{shots}shots$TAG/seed{seed}"
+COOP_RUN="CoOp/MT/${CFG}_{shots}shots$TAG/seed{seed}"
 
 # 1. train without each task (yacs reads a bare index as a number: it is quoted)
 for line in "${TASK_LINES[@]}"; do
@@ -110,7 +111,7 @@ for line in "${TASK_LINES[@]}"; do
     SWEEP_REQUIRES=() SWEEP_FLAGS=()
     few_shots=$SHOTS few_seeds=$SEEDS
     SHOTS=0 SEEDS=1  # nothing is learned or sampled
-    sweep ZeroshotCLIP "$CFG" "$held/test/ZeroshotCLIP/${CFG}_{shots}shots/seed{seed}" \
+    sweep ZeroshotCLIP "$CFG" "$held/test/ZeroshotCLIP/${CFG}_{shots}shots$TAG/seed{seed}" \
         DATASET.SUBSAMPLE_TASKS "'$index'" "$@"
     SHOTS=$few_shots SEEDS=$few_seeds
 done
