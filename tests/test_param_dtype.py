@@ -89,6 +89,8 @@ def test_fp16_contexts_round_every_update_and_lose_small_ones(toy_root, k):
                           "CATS", "TRAINER.SOFTCPT.STEPS_PER_BATCH", str(k))
     head, lr = trainer.model.head, trainer.get_current_lr()
     assert lr == pytest.approx(1e-5)  # the warm-up epoch
+    # what results.json records (tiny.yaml: PREC fp32), read by scripts/results.py --paper
+    assert trainer.training_setting() == {"prec": "fp32", "param_dtype": "fp16", "steps_per_batch": k}
     contexts = {"task_ctx": head.task_ctx, "class_ctx": head.class_ctx}
     start = {n: p.detach().clone() for n, p in contexts.items()}
     w0 = head.meta_net.weight.detach().clone()
@@ -213,3 +215,27 @@ def test_paper_configs_end_with_the_reproduce_setting_commented(tmp_path, path, 
     uncommented.write_text(text[:text.index("# TRAINER:")] + re.sub(r"(?m)^# ?", "", block))
     node_cfg = merged(str(uncommented))
     assert (node_cfg.PARAM_DTYPE, node_cfg.STEPS_PER_BATCH) == ("fp16", steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["rn50_ep50", "vit_b16_ep50"])
+def test_reproduce_setting_on_the_paper_configs(toy_root, tiny_b16_clip, config):
+    """The paper's own configs (backbone tiny-b16, 32 px, CPU workers), reproduce setting:
+    one batch keeps the contexts fp16 and moves them by whole fp16 steps; G stays fp32."""
+    trainer = toy_trainer(toy_root, "MODEL.BACKBONE.NAME", "tiny-b16", "INPUT.SIZE", "(32, 32)",
+                          "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "2",
+                          "TRAINER.SOFTCPT.PARAM_DTYPE", "fp16", "TRAINER.SOFTCPT.STEPS_PER_BATCH", "4",
+                          "TRAINER.SOFTCPT.VARIANT", "CATS", config=config)
+    head = trainer.model.head
+    assert trainer.cfg.TRAINER.SOFTCPT.PREC == "fp16" and trainer.precision == "fp32"  # CPU fallback
+    start = {n: p.detach().clone() for n, p in head.named_parameters()}
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    for name, p in head.named_parameters():
+        want = torch.float32 if name.startswith("meta_net") else torch.float16
+        assert p.dtype == want, name
+        assert not torch.equal(p.detach(), start[name]), name
+    ctx, ctx0 = head.task_ctx.detach(), start["task_ctx"]
+    moved = ctx != ctx0
+    assert ((ctx - ctx0).abs()[moved].double() >= gaps(ctx0, ctx < ctx0)[moved]).all()

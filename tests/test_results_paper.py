@@ -120,3 +120,14 @@ def test_docs_table_and_data_file_agree():
             if r["shots"] == "avg" and r["backbone"] == "RN50"}
     assert doc == data and len(data) == 9
     assert all(re.fullmatch(r"\d+\.\d\d", f"{v:.2f}") for v in data.values())
+
+
+def test_a_per_shot_number_is_compared_with_that_shot_count(general10):
+    """Rows with a shot count (the CSV holds only averages today) use that column's seed mean."""
+    paper = [{"benchmark": "general10", "method": "SoftCPT/NATA", "paper_name": "NATA", "backbone": "RN50",
+              "shots": 16, "score": 70.0}]
+    runs = results.collect([str(general10)])
+    row = next(r for r in rows_of(results.paper_comparison(results.summarize(runs), runs, paper)))
+    want = sum(scores(60.0, 16, s) for s in (1, 2, 3)) / 3
+    assert row[2] == "16" and float(row[6]) == pytest.approx(want, abs=0.005)
+    assert float(row[7]) == pytest.approx(want - 70.0, abs=0.011)

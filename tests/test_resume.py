@@ -4,7 +4,7 @@ A run resumed from the checkpoint of epoch k (what a kill after epoch k leaves)
 must end with the same checkpoint (learned parameters, optimizer state and
 param_groups, scheduler state, random states: every entry, on both sides) and
 results.json as the uninterrupted run, bit for bit (scripts/check_resume.py's
-comparison, itself tested first). The last test kills a run during
+comparison, itself tested below). The last test kills a run during
 each kind of write (fault injection in trainers/atomic.py) and reruns it until
 it finishes.
 """
@@ -132,7 +132,8 @@ def test_the_comparison_sees_every_part_of_a_checkpoint_on_both_sides():
         [f"{opt}.param_groups[0].momentum"]
     assert changed(lambda b: b["ckpt"]["optimizer"]["param_groups"][0].update(params=[1, 0])) == \
         [f"{opt}.param_groups[0].params[0]", f"{opt}.param_groups[0].params[1]"]
-    assert changed(lambda b: b["ckpt"]["scheduler"].update(last_epoch=2)) == ["checkpoint.scheduler.last_epoch"]
+    assert changed(lambda b: b["ckpt"]["scheduler"].update(last_epoch=2)) == \
+        ["checkpoint.scheduler.last_epoch"]
     assert changed(lambda b: b["ckpt"]["scheduler"].pop("base_lrs")) == \
         ["checkpoint.scheduler.base_lrs (only in the first)"]
     assert changed(lambda b: b["ckpt"]["state_dict"].update(ctx=b["ckpt"]["state_dict"]["ctx"].double())) == \

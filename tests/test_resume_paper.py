@@ -31,16 +31,21 @@ from trainers import checkpoint as ckpt_io  # noqa: E402
 
 EPOCHS = 3
 
+# With best_val, the image-feature cache is off: until a cache miss leaves the training random
+# state alone (issue 16, point 6; tests/test_feature_cache.py), an uninterrupted run that
+# encodes the val split cold and a resumed one that reads it warm draw differently.
+BEST_VAL = ["TEST.FINAL_MODEL", "best_val", "TEST.FEATURE_CACHE", "False"]
+
 # (trainer, config file, backbone, extra options, k = the last complete epoch when killed)
 CASES = {
     "SoftCPT-rn50": ("SoftCPT", "configs/trainers/SoftCPT/rn50_ep50.yaml", "tiny", [], 1),
     "SoftCPT-vit_b16-workers2": ("SoftCPT", "configs/trainers/SoftCPT/vit_b16_ep50.yaml", "tiny-b16",
                                  ["DATALOADER.NUM_WORKERS", "2"], 2),
     "SoftCPT-rn50-best_val": ("SoftCPT", "configs/trainers/SoftCPT/rn50_ep50.yaml", "tiny",
-                              ["TEST.FINAL_MODEL", "best_val"], 1),
+                              BEST_VAL, 1),
     "CoOp-rn50": ("CoOp", "configs/trainers/CoOp/rn50_ep50.yaml", "tiny", [], 2),
     "CoOp-vit_b16-best_val": ("CoOp", "configs/trainers/CoOp/vit_b16_ep50.yaml", "tiny-b16",
-                              ["TEST.FINAL_MODEL", "best_val"], 1),
+                              BEST_VAL, 1),
     "CoCoOp-rn50": ("CoCoOp", "configs/trainers/CoCoOp/rn50_c4_ep10_batch1_ctxv1.yaml", "tiny", [], 1),
     "CoCoOp-vit_b16-workers2": ("CoCoOp", "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
                                 "tiny-b16", ["DATALOADER.NUM_WORKERS", "2"], 2),
@@ -92,6 +97,7 @@ def test_a_paper_config_killed_after_epoch_k_resumes_bit_identically(case, data_
     status = json.loads(proc.stdout.strip().splitlines()[-1])
     assert status["uninterrupted"] == "ok", (base / "log.txt").read_text()[-3000:]
     assert status["killed"] == "killed", (run / "log.txt").read_text()[-3000:]
+    print(status["left"], (run / "log.txt").read_text()[-3000:])  # shown when the test fails
     # Killed while epoch k + 1 was being saved: epoch k is there, whole, and nothing older
     # that is not a snapshot (CHECKPOINT_FREQ is Dassl's 0: only the last epoch is one).
     assert [n for n in status["left"] if n.startswith("model.pth")] == [f"model.pth.tar-{k}"]
@@ -102,12 +108,12 @@ def test_a_paper_config_killed_after_epoch_k_resumes_bit_identically(case, data_
     assert expected["report"]["resumed_from_epoch"] is None
     # best_val: model-best of epoch k + 1 may already be whole when the epoch file is killed; it
     # holds the same state, and the resume takes the newer of the two.
-    allowed = {k, k + 1} if "best_val" in extra else {k}
+    allowed = {k, k + 1} if extra == BEST_VAL else {k}
     assert resumed["report"]["resumed_from_epoch"] in allowed
     log = (run / "log.txt").read_text()
     assert f"Previous epoch: {resumed['report']['resumed_from_epoch']}" in log
     # What stays: the last epoch (a snapshot), model-best with best_val, nothing half written.
     for folder in (base, run):
         assert ckpt_io.saved_epochs(str(folder / "prompt_learner")) == [EPOCHS]
-        assert (folder / "prompt_learner" / ckpt_io.BEST).exists() == ("best_val" in extra)
+        assert (folder / "prompt_learner" / ckpt_io.BEST).exists() == (extra == BEST_VAL)
         assert not [n for n in os.listdir(folder / "prompt_learner") if n.endswith(".tmp")]

@@ -214,6 +214,8 @@ def test_a_path_that_is_a_file_is_a_one_line_error(data_root, tmp_path, where):
     assert f"(under {where} " in message and "is a file, not a folder" in message, message
     assert "\n" not in message
     assert a_file.read_text() == "not a folder\n"
+    if where == "--root":  # the output folder exists: its log ends with the same line
+        assert (out / "log.txt").read_text().splitlines()[-1] == f"error: {message}"
 
 
 @pytest.mark.slow

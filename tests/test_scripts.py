@@ -110,7 +110,6 @@ def test_scripts_pass_coop_style_arguments_and_folders(fake_env, script, args, f
     assert os.path.isfile(os.path.join(out, folder, "done"))
 
 
-@pytest.mark.slow
 def test_options_name_the_run_folders_so_settings_never_share_one(fake_env):
     fake_env.update(SHOTS="16", SEEDS="1")
     out = fake_env["OUTPUT"]
@@ -136,7 +135,6 @@ def test_options_name_the_run_folders_so_settings_never_share_one(fake_env):
         assert f"| {row} | tiny | 50.00 ± 0.00 |" in table
 
 
-@pytest.mark.slow
 def test_base2new_test_loads_the_model_of_the_same_options(fake_env):
     fake_env.update(SHOTS="16", SEEDS="1")
     opts = ["toy", "tiny", "NATA", "OPTIM.LR", "0.1"]
@@ -164,12 +162,12 @@ def _without_nvidia_smi(path: str) -> str:
 
 
 @pytest.mark.parametrize("gpus, found, message", [
-    pytest.param("0 1", 2, None, marks=pytest.mark.slow),  # these run the sweep
-    pytest.param("GPU-00000001-aaaa 0", 2, None, marks=pytest.mark.slow),  # UUIDs as nvidia-smi -L shows them
+    ("0 1", 2, None),
+    ("GPU-00000001-aaaa 0", 2, None),  # UUIDs as nvidia-smi -L shows them
     ("0 2", 2, "names GPU(s) this machine does not have: 2 (nvidia-smi -L lists 2 GPU(s))"),
     ("0", "none", "names GPU(s) this machine does not have: 0 (nvidia-smi -L failed: NVIDIA-SMI has failed"),
     ("0", "torch 0", "does not have: 0 (no nvidia-smi on PATH, and torch.cuda.device_count() is 0)"),
-    pytest.param("1", "torch 2", None, marks=pytest.mark.slow),
+    ("1", "torch 2", None),
     ("cuda:0", 2, "does not have: cuda:0"),
 ])
 def test_gpus_naming_devices_this_machine_lacks_stop_before_any_run(fake_env, tmp_path, gpus, found, message):
@@ -193,7 +191,6 @@ def test_gpus_naming_devices_this_machine_lacks_stop_before_any_run(fake_env, tm
     assert "unset GPUS to run on CPU" in line and not os.path.exists(fake_env["OUTPUT"])
 
 
-@pytest.mark.slow
 def test_gpus_on_this_machine_are_counted_by_torch_without_nvidia_smi(fake_env):
     """No fake count: the real torch of this (GPU-less) machine, as the issue found it."""
     import torch

@@ -354,7 +354,6 @@ def _table_out(out, n: int) -> str:
 
 
 @needs_dassl
-@pytest.mark.slow
 def test_slurm_sweep_submits_only_what_is_not_done_or_queued(slurm, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OUTPUT=str(out), DATA=str(tmp_path / "data"), SHOTS="1 2", SEEDS="1 2",
@@ -426,7 +425,6 @@ def _hurry_requeued(seconds: float) -> None:
 
 
 @needs_dassl
-@pytest.mark.slow
 def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(slurm, tmp_path):
     """-t 2 with the warning 30 s before it (Slurm sends it 30-60 s early): each allocation
     trains 60-90 s of a run that needs three minutes or more; the task stops its run and
@@ -473,7 +471,6 @@ def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(
 
 
 @needs_dassl
-@pytest.mark.slow
 def test_slurm_base2new_tests_wait_for_their_training_tasks_whatever_sbatch_export_says(slurm, tmp_path):
     """Both steps submitted at once, as a site with SBATCH_EXPORT=NONE, relative DATA and
     OUTPUT, and the interpreter as a bare word: the test array starts after the training
@@ -514,7 +511,6 @@ def test_slurm_base2new_tests_wait_for_their_training_tasks_whatever_sbatch_expo
 
 
 @needs_dassl
-@pytest.mark.slow
 def test_slurm_task_checks_imports_on_its_own_node(slurm, tmp_path):
     """An interpreter that imports everything where the sweep is submitted but lacks Dassl
     inside Slurm jobs: the task says so, naming its node, and runs nothing."""

@@ -1,4 +1,5 @@
-"""SoftCPT head on both test backbones (``tiny``; ``tiny-b16``, four heads and three layers) against a plain, step-by-step computation of docs/method.md.
+"""SoftCPT head on both test backbones (``tiny``; ``tiny-b16``, four heads and three layers)
+against a plain, step-by-step computation of docs/method.md.
 
 The reference below builds every prompt token by token and encodes it alone
 with the full 77-token causal transformer, as CLIP's ``encode_text`` does; it

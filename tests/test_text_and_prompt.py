@@ -87,7 +87,8 @@ def test_gradient_reaches_the_context(any_clip):
 def test_context_initialisation(any_clip):
     words = embed_words("a photo of a", any_clip.token_embedding)
     assert words.shape == (4, width(any_clip))
-    grouped = init_context(0, width(any_clip), groups=3, words="a photo of a", token_embedding=any_clip.token_embedding)
+    grouped = init_context(0, width(any_clip), groups=3, words="a photo of a",
+                           token_embedding=any_clip.token_embedding)
     assert grouped.shape == (3, 4, width(any_clip)) and torch.equal(grouped[2], words)
     torch.manual_seed(0)
     random_ctx = init_context(16, 512, groups=2)

@@ -65,8 +65,8 @@ def apply_param_dtype(head: PromptHead, param_dtype: str, key: str = "PARAM_DTYP
                           "(docs/method.md#differences-from-the-official-code).")
     params = dict(head.named_parameters())
     cast = [k for k in head.context_keys if k in params]
-    for key in cast:
-        params[key].data = params[key].data.to(dtypes[param_dtype])
+    for name in cast:
+        params[name].data = params[name].data.to(dtypes[param_dtype])
     if param_dtype != "fp32" and not cast:
         logger.warning("PARAM_DTYPE %s: %s lists no context_keys, so every parameter stays fp32.",
                        param_dtype, type(head).__name__)

@@ -23,8 +23,10 @@ task=${SLURM_ARRAY_TASK_ID:?not a Slurm array task}
 
 stop=""   # what is stopping the run: "timelimit" (SIGUSR1) or "cancel" (SIGTERM, SIGINT)
 child=""
+trapped=0  # a signal arrived since the last `wait` began
 _stop() {
     [ -n "$stop" ] || stop=$1
+    trapped=1
     if [ -n "$child" ]; then
         kill -TERM "$child" 2>/dev/null
     fi
@@ -66,12 +68,16 @@ rc=0
 if [ -z "$stop" ]; then
     "${argv[@]:1}" &
     child=$!
+    rc=127
     while true; do
+        trapped=0
         wait "$child"
-        rc=$?
-        # A trapped signal ends `wait` early (status > 128) while the run is still stopping.
-        if [ "$rc" -gt 128 ] && kill -0 "$child" 2>/dev/null; then continue; fi
-        break
+        status=$?
+        [ "$status" -eq 127 ] && break  # collected already: rc holds its exit code
+        rc=$status
+        # A trapped signal ends `wait` early, with 128 + its number: wait again for the
+        # run's own exit code (bash keeps it, even once the run has ended).
+        [ "$trapped" = 1 ] || break
     done
     child=""
 fi
