@@ -449,7 +449,7 @@ class MultiTaskPromptTrainer(TrainerX):
             todo = (f"evaluate it with the backbone it was trained on (--backbone {saved['name']}), or give "
                     f"a --model-dir trained on {own['name']}")
         raise CheckpointError(f"{path} was trained on backbone {_backbone(saved)}; this run uses "
-                              f"{_backbone(own)}: {todo}.")
+                              f"{_backbone(own)}: {todo} (README.md#reliability).")
 
 
 def _backbone(identity: dict) -> str:

@@ -59,7 +59,8 @@ def hold(folder: str) -> Iterator[None]:
         except OSError:
             who = "a process that has not written its name yet"
         raise RunBusy(f"{folder} is in use by another run ({who}): one process per run folder. Wait "
-                      "for it to end (or stop it), or give this run another --output-dir.") from None
+                      "for it to end (or stop it), or give this run another --output-dir "
+                      "(README.md#reliability).") from None
     try:
         atomic_write(owner, owner_text() + "\n")
         # Only the holder may remove temporary files: no live process is writing them.
