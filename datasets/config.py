@@ -32,6 +32,9 @@ def add_dataset_config(cfg: CN) -> None:
     # because yacs fixes the type: on the command line quote a bare index,
     # DATASET.SUBSAMPLE_TASKS "'3'". DATASETS.md#selecting-tasks
     _set(d, "SUBSAMPLE_TASKS", "all")
+    # Tasks of a MultiTask dataset to leave out (after SUBSAMPLE_TASKS), same values; "" none.
+    # The task-transfer protocol trains with one task held out (docs/method.md#task-transfer).
+    _set(d, "HOLD_OUT_TASKS", "")
     _set(d, "MULTITASK", multitask_node())
     _set(d, "IMAGE_FOLDER", image_folder_node())
     _set(d, "FASHION20", fashion20_node())

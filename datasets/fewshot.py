@@ -17,10 +17,10 @@ from collections import defaultdict
 from pathlib import PurePath
 from typing import Optional, Sequence
 
+from atomic_files import atomic_write_stream
 from dassl.data.datasets import Datum
 
 from .errors import DatasetError, see
-from .files import atomic_write
 from .splits import check_images
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _draw_warn(items: list[Datum], num_shots: int, rng: random.Random, name: str
 def save_cache(path: str, train: list[Datum], val: Optional[list[Datum]]) -> None:
     """Pickle the draw as CoOp does (``Datum`` objects), atomically."""
     data = {"train": train} if val is None else {"train": train, "val": val}
-    atomic_write(path, lambda f: pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
+    atomic_write_stream(path, lambda f: pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL))
     logger.info("Saved few-shot data to %s", path)
 
 

@@ -11,12 +11,12 @@ import os
 import pickle
 from collections import OrderedDict
 
+from atomic_files import atomic_write_stream
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 from dassl.utils import listdir_nohidden
 
 from .base import FewShotDataset, Splits
 from .errors import DatasetError
-from .files import atomic_write
 from .splits import make_datum
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class ImageNet(FewShotDataset):
             classnames = read_classnames(names_path, self.section)
             train, test = self._list("train", classnames), self._list("val", classnames)
             data = {"train": train, "test": test}
-            atomic_write(cached, lambda f: pickle.dump(data, f, pickle.HIGHEST_PROTOCOL), binary=True)
+            atomic_write_stream(cached, lambda f: pickle.dump(data, f, pickle.HIGHEST_PROTOCOL))
         return train, None, test
 
     def _list(self, split: str, classnames: "OrderedDict[str, str]") -> list[Datum]:

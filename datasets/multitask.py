@@ -111,7 +111,7 @@ def _check_unique(values: Sequence[tuple[int, str]], what: str) -> None:
         seen[value] = index
 
 
-def select_tasks(entries: list[TaskEntry], selector) -> list[TaskEntry]:
+def select_tasks(entries: list[TaskEntry], selector, key: str = "DATASET.SUBSAMPLE_TASKS") -> list[TaskEntry]:
     """``DATASET.SUBSAMPLE_TASKS``: every task, or those named by index, KEY or NAME (benchmark order)."""
     tokens = _tokens(selector)
     if tokens == ["all"]:
@@ -120,7 +120,7 @@ def select_tasks(entries: list[TaskEntry], selector) -> list[TaskEntry]:
     for token in tokens:
         if token.lstrip("-").isdigit():
             if not 0 <= int(token) < len(entries):
-                raise DatasetError(f"DATASET.SUBSAMPLE_TASKS: task index {token} is not in "
+                raise DatasetError(f"{key}: task index {token} is not in "
                                    f"0..{len(entries) - 1}", "selecting-tasks")
             chosen.add(int(token))
             continue
@@ -128,10 +128,26 @@ def select_tasks(entries: list[TaskEntry], selector) -> list[TaskEntry]:
         if len(hits) != 1:
             valid = [f"{e.index}: {e.key}" + (f" / {e.name}" if e.name else "") for e in entries]
             problem = "matches no task" if not hits else f"matches tasks {sorted(hits)}"
-            raise DatasetError(f"DATASET.SUBSAMPLE_TASKS: {token!r} {problem}; give an index, KEY or "
+            raise DatasetError(f"{key}: {token!r} {problem}; give an index, KEY or "
                                f"NAME of one task: {valid}", "selecting-tasks")
         chosen |= hits
     return [e for e in entries if e.index in chosen]
+
+
+def hold_out_tasks(entries: list[TaskEntry], selector) -> list[TaskEntry]:
+    """``DATASET.HOLD_OUT_TASKS``: ``entries`` without the tasks named (index, KEY or NAME)."""
+    if (isinstance(selector, str) and not selector.strip()) or (isinstance(selector, (list, tuple))
+                                                                 and not selector):
+        return entries
+    if _tokens(selector) == ["all"]:
+        raise DatasetError("DATASET.HOLD_OUT_TASKS 'all' would hold out every task; name the tasks "
+                           "to leave out", "selecting-tasks")
+    held = {e.index for e in select_tasks(entries, selector, "DATASET.HOLD_OUT_TASKS")}
+    kept = [e for e in entries if e.index not in held]
+    if not kept:
+        raise DatasetError(f"DATASET.HOLD_OUT_TASKS {selector!r} holds out every selected task; keep "
+                           "at least one to train on", "selecting-tasks")
+    return kept
 
 
 def _tokens(selector) -> list[str]:
@@ -149,6 +165,7 @@ def member_cfg(cfg: CN, entry: TaskEntry) -> CN:
     for node in MEMBER_NODES:  # top-level image-folder etc. settings must not leak into members
         out.DATASET[node] = fresh.DATASET[node]
     out.DATASET.SUBSAMPLE_TASKS = "all"
+    out.DATASET.HOLD_OUT_TASKS = ""
     out.DATASET.NAME = entry.member
     try:
         out.merge_from_other_cfg(CN({"DATASET": entry.options}))
@@ -211,6 +228,7 @@ class MultiTask(DatasetBase):
 
     def __init__(self, cfg):
         entries = select_tasks(parse_entries(cfg.DATASET.MULTITASK.TASKS), cfg.DATASET.SUBSAMPLE_TASKS)
+        entries = hold_out_tasks(entries, cfg.DATASET.get("HOLD_OUT_TASKS", ""))
         cfgs = [member_cfg(cfg, e) for e in entries]
         for e, c in zip(entries, cfgs):  # every cheap check before the first member writes a file
             preflight(e, c)

@@ -12,11 +12,11 @@ import logging
 import os
 from typing import Iterable, Sequence
 
+from atomic_files import atomic_write
 from dassl.data.datasets import Datum
 from PIL import Image
 
 from .errors import DatasetError
-from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def write_split_file(path: str, image_root: str, train: Sequence[Datum], val: Se
                 for d in items]
 
     split = {"train": rows(train), "val": rows(val), "test": rows(test)}
-    atomic_write(path, lambda f: json.dump(split, f))
+    atomic_write(path, json.dumps(split))
     logger.info("Saved split to %s", path)
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
-import tempfile
 from typing import Callable
 
 import numpy as np
+from atomic_files import atomic_folder
 from PIL import Image, ImageDraw
 
 logger = logging.getLogger(__name__)
@@ -82,24 +81,17 @@ TASKS: dict[str, tuple[tuple[str, ...], Callable]] = {
 
 
 def generate(task: str, dest: str, per_class: int = PER_CLASS) -> None:
-    """Write one toy task as ``dest/<class>/<nn>.png``, atomically (temp folder + rename)."""
+    """Write one toy task as ``dest/<class>/<nn>.png``, atomically (atomic_files.atomic_folder)."""
     classes, draw = TASKS[task]
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.")
-    try:
+
+    def fill(folder: str) -> None:
         rng = random.Random(f"toy/{task}")
         for cname in classes:
-            os.makedirs(os.path.join(tmp, cname))
+            os.makedirs(os.path.join(folder, cname))
             for i in range(per_class):
-                draw(cname, rng).save(os.path.join(tmp, cname, f"{i:02d}.png"))
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.isdir(dest):  # another run wrote the same (deterministic) task first
-            return
-        raise
-    logger.info("Wrote toy task %r to %s", task, dest)
+                draw(cname, rng).save(os.path.join(folder, cname, f"{i:02d}.png"))
+    if atomic_folder(dest, fill):  # else another run wrote the same (deterministic) task first
+        logger.info("Wrote toy task %r to %s", task, dest)
 
 
 # Names accepted by DATASET.IMAGE_FOLDER.GENERATE.

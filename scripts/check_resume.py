@@ -7,8 +7,9 @@ done) and two moments of the write (``partial``: half the bytes are in the
 temporary file; ``unrenamed``: the temporary file is complete, the rename has not
 happened), a run is SIGKILLed there (trainers/atomic.py's fault injection), then
 run again in the same folder with the same command until it finishes. Its last
-checkpoint (parameters and optimizer state) and results.json scores are compared
-bit for bit with an uninterrupted run. Prints one line per kill point and a
+checkpoint (every entry: parameters, optimizer state and param_groups, scheduler state,
+random states) and results.json are compared bit for bit with an uninterrupted run
+(``differences``, also tests/test_resume.py's comparison). Prints one line per kill point and a
 summary; exits 1 on any difference. The figures in README.md#reliability come
 from this script. POSIX only (it forks one process per attempt after importing
 train.py's modules once).
@@ -64,17 +65,46 @@ def outcome(folder: str, epochs: int) -> dict:
     return {"ckpt": ckpt, "report": report}
 
 
-def differences(a: dict, b: dict) -> list[str]:
-    """Names of the parameters, optimizer buffers and report fields that differ."""
+def tree_differences(a, b, where: str = "") -> list[str]:
+    """Every place where two nested states differ, e.g. ``optimizer.param_groups[0].lr``.
+
+    Walks dicts (the keys of both sides: one missing on either side is reported, not
+    raised), lists and tuples (lengths, then each entry), and compares tensors and arrays
+    by dtype, shape and every value, anything else with ``==``.
+    """
+    import numpy as np
     import torch
-    out = [k for k in a["ckpt"]["state_dict"] if not torch.equal(a["ckpt"]["state_dict"][k],
-                                                                b["ckpt"]["state_dict"][k])]
-    for i, state in a["ckpt"]["optimizer"]["state"].items():
-        out += [f"optimizer {i} {n}" for n, v in state.items()
-                if not torch.equal(v, b["ckpt"]["optimizer"]["state"][i][n])]
-    skip = {"resumed_from_epoch"}
-    out += [k for k in a["report"] if k not in skip and a["report"][k] != b["report"].get(k)]
-    return out
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(a.keys() | b.keys(), key=str):
+            name = f"{where}.{key}" if where else str(key)
+            if key not in b:
+                out.append(f"{name} (only in the first)")
+            elif key not in a:
+                out.append(f"{name} (only in the second)")
+            else:
+                out += tree_differences(a[key], b[key], name)
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where} ({len(a)} entries against {len(b)})"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in tree_differences(x, y, f"{where}[{i}]")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    elif isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        same = a.dtype == b.dtype and np.array_equal(a, b)
+    else:
+        same = type(a) is type(b) and (a == b or (a != a and b != b))  # NaN == NaN here
+    return [] if same else [where]
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """Where two outcomes differ: anywhere in the last checkpoint (parameters, optimizer
+    state and param_groups, scheduler state, random states, ...) and in results.json
+    (except ``resumed_from_epoch``, which says how the run got there)."""
+    strip = lambda r: {k: v for k, v in r.items() if k != "resumed_from_epoch"}  # noqa: E731
+    return (tree_differences(a["ckpt"], b["ckpt"], "checkpoint")
+            + tree_differences(strip(a["report"]), strip(b["report"]), "results.json"))
 
 
 def main() -> int:

@@ -6,12 +6,14 @@
 #   OUTPUT    where run folders go                              (default output)
 #   SHOTS     shots per class to sweep, e.g. "16"               (default: the script's)
 #   SEEDS     seeds to sweep, e.g. "1"                          (default: the script's)
-#   PYTHON    the interpreter                                   (default python)
+#   PYTHON    the interpreter, resolved to an absolute path     (default python)
 #   GPUS      e.g. "0 1 2 3": one run at a time on each listed GPU (CUDA_VISIBLE_DEVICES);
-#             list a GPU twice to run two on it
+#             list a GPU twice to run two on it; a GPU this machine lacks is an error
 #   JOBS      N runs at a time without choosing GPUs, e.g. on CPU (default 1)
 #   LAUNCHER  local (default) or slurm: submit the runs as a job array, see scripts/slurm/
 #   SLURM_ARGS, SLURM_TABLE_ARGS  sbatch options with LAUNCHER=slurm (README.md#running-on-several-gpus-or-a-cluster)
+#
+# Extra KEY VALUE options name the run folder (options_tag): <cfg>_<K>shots_KEY-VALUE...
 #
 # A run folder is skipped only when it holds `done`, which train.py writes last.
 # A folder without it is run again with the same command: the trainer resumes from
@@ -39,6 +41,7 @@ _SWEEP_CHILD=""  # the runs in progress (pids)
 # This script and its arguments, for the table job of LAUNCHER=slurm (scripts cd first).
 _SWEEP_ARGV=("$@")
 case "$0" in /*) _SWEEP_SCRIPT=$0 ;; *) _SWEEP_SCRIPT=${OLDPWD:-$PWD}/$0 ;; esac
+source scripts/preflight.sh
 source scripts/parallel.sh
 source scripts/slurm/submit.sh
 
@@ -54,28 +57,61 @@ _sweep_interrupted() {
 trap _sweep_interrupted INT TERM
 
 # check_python: stop before the first run, creating nothing, when $PYTHON lacks a package
-# that every run needs; name each missing one and the command that installs it.
-_PREFLIGHT='# sweep pre-flight: print each package that does not import
-import importlib
-for module, package in [("torch", "torch"), ("torchvision", "torchvision"),
-                        ("open_clip", "open-clip-torch"), ("dassl", "Dassl")]:
-    try:
-        importlib.import_module(module)
-    except Exception as err:  # a broken install counts as missing too
-        print(f"{package} ({type(err).__name__}: {err})")'
+# that every run needs; name each missing one and the command that installs it. PYTHON
+# becomes an absolute path: Slurm tasks run it on nodes whose PATH may differ.
 check_python() {
-    local missing
-    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    local missing resolved
+    if ! resolved=$(command -v "$PYTHON" 2>/dev/null) || [ -z "$resolved" ]; then
         echo "[sweep] error: no Python interpreter '$PYTHON'; set PYTHON=/path/to/python (INSTALL.md)." >&2
         exit 3
     fi
-    missing=$("$PYTHON" -c "$_PREFLIGHT" 2>/dev/null) || missing="all (the interpreter failed to start)"
+    PYTHON=$(_abs_path "$resolved")
+    missing=$(preflight_missing "$PYTHON")
     if [ -n "$missing" ]; then
-        echo "[sweep] error: $PYTHON cannot import: $(echo "$missing" | paste -sd ';' | sed 's/;/; /g')." >&2
+        echo "[sweep] error: $PYTHON cannot import: $missing." >&2
         echo "[sweep] Fix: PYTHON=$PYTHON bash scripts/setup.sh (Dassl: INSTALL.md#dassl; without" >&2
         echo "[sweep] GitHub: WHEELS=/path/to/wheels bash scripts/setup.sh). No run was started." >&2
         exit 3
     fi
+}
+
+# _abs_path PATH: PATH made absolute against the repository root (the scripts' cwd).
+_abs_path() {
+    case "$1" in
+        /*) echo "$1" ;;
+        *) local p=${1#./}; echo "$PWD/${p:-.}" ;;
+    esac
+}
+
+# options_tag [KEY VALUE ...]: the extra options as a suffix for a run folder's name, e.g.
+# "_OPTIM.LR-0.001_TRAINER.COOP.N_CTX-4", so that runs of other settings never share a
+# folder (scripts/results.py shows them as rows of their own). Characters other than
+# letters, digits and . _ , + = @ - are written %XX, as in URLs: "/" and spaces neither
+# split nor blur the name. Empty without options.
+options_tag() {
+    local tag="" key value
+    while [ $# -gt 0 ]; do
+        key=$1 value=${2-}
+        shift $(($# < 2 ? $# : 2))
+        tag+="_$(_folder_word "$key")-$(_folder_word "$value")"
+    done
+    if [ "${#tag}" -gt 160 ]; then  # file names stop at 255 bytes: keep the start, add a hash
+        tag="${tag:0:140}_~$(printf '%s' "$tag" | sha1sum | cut -c1-12)"
+    fi
+    printf '%s' "$tag"
+}
+
+_folder_word() {
+    local LC_ALL=C
+    local text=$1 out="" c i
+    for ((i = 0; i < ${#text}; i++)); do
+        c=${text:i:1}
+        case "$c" in
+            [A-Za-z0-9._,+=@-]) out+=$c ;;
+            *) printf -v c '%%%02X' "'$c"; out+=$c ;;
+        esac
+    done
+    printf '%s' "$out"
 }
 
 # require_file PATH WHAT: stop early, listing the choices, when a config file is missing.
@@ -152,7 +188,9 @@ run_ended() {
 # sweep TRAINER CFG DIR [KEY VALUE ...]: one run per shot count in $SHOTS and seed in
 # $SEEDS on configs/datasets/$BENCHMARK.yaml with $TRAINER_CONFIG_DIR/TRAINER/CFG.yaml.
 # In DIR, and in the optional arrays SWEEP_FLAGS (train.py flags) and SWEEP_REQUIRES
-# (run folders that must have finished first), {shots} and {seed} are replaced.
+# (run folders that must have finished first; with LAUNCHER=slurm, or be queued in Slurm),
+# {shots} and {seed} are replaced. DIR names the user's KEY VALUE options through
+# options_tag (each script adds it), so that other settings get other folders.
 sweep() {
     local trainer=$1 cfg=$2 pattern=$3
     shift 3
@@ -166,9 +204,13 @@ sweep() {
             _SWEEP_CELL=$((_SWEEP_CELL + 1))
             dir=$(_fill "$pattern" "$shots" "$seed")
             missing=""
+            SLURM_CELL_AFTER=()  # with LAUNCHER=slurm: the queued tasks this cell waits for
             for item in "${SWEEP_REQUIRES[@]+"${SWEEP_REQUIRES[@]}"}"; do
                 item=$(_fill "$item" "$shots" "$seed")
-                [ -f "$item/done" ] || missing=$item
+                [ -f "$item/done" ] && continue
+                # Still queued or running in Slurm: the array starts after it (afterok).
+                [ "$LAUNCHER" = slurm ] && slurm_queued_task "$item" && continue
+                missing=$item
             done
             if [ -n "$missing" ]; then
                 echo "[sweep] cannot run $dir: $missing has not finished"

@@ -1,7 +1,8 @@
 # Several runs at a time on one machine, for scripts/common.sh (sourced there).
 #
 #   GPUS="0 1 2 3"  one run at a time per listed GPU, each with CUDA_VISIBLE_DEVICES set
-#                   to it (list a GPU twice to run two on it)
+#                   to it (list a GPU twice to run two on it); indices or UUIDs as
+#                   `nvidia-smi -L` shows them, checked before any run
 #   JOBS=N          N runs at a time, GPUs left alone (e.g. on CPU)
 #
 # Each run's console goes to console.txt in its folder; the sweep prints when runs
@@ -27,6 +28,7 @@ parallel_setup() {
             exit 2
         fi
         read -ra _PARALLEL_DEVICES <<< "$GPUS"
+        _parallel_check_gpus
     elif [[ "$JOBS" =~ ^[1-9][0-9]*$ ]]; then
         local i
         for ((i = 0; i < JOBS; i++)); do _PARALLEL_DEVICES+=(""); done
@@ -35,6 +37,44 @@ parallel_setup() {
         exit 2
     fi
     _PARALLEL_FREE=("${!_PARALLEL_DEVICES[@]}")
+}
+
+# _parallel_check_gpus: exit 2, before any run, when GPUS names a device this machine
+# does not have (an index beyond `nvidia-smi -L`'s list, or a UUID not in it); without
+# nvidia-smi, torch.cuda.device_count() of $PYTHON counts them.
+_parallel_check_gpus() {
+    local listing="" found device bad=() n
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        if listing=$(nvidia-smi -L 2>&1); then
+            found="nvidia-smi -L lists $(grep -c '^GPU [0-9]' <<< "$listing") GPU(s)"
+        else
+            found="nvidia-smi -L failed: $(head -n 1 <<< "$listing")"
+            listing=""
+        fi
+    else
+        n=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null | tail -n 1)
+        if [[ "$n" =~ ^[0-9]+$ ]]; then
+            found="no nvidia-smi on PATH, and torch.cuda.device_count() is $n"
+        else
+            n=0 found="no nvidia-smi on PATH, and $PYTHON could not import torch to count them"
+        fi
+        listing=$(for ((i = 0; i < n; i++)); do echo "GPU $i:"; done)
+    fi
+    for device in "${_PARALLEL_DEVICES[@]}"; do
+        if [[ "$device" =~ ^[0-9]+$ ]]; then
+            grep -q "^GPU $((10#$device)):" <<< "$listing" || bad+=("$device")
+        elif [[ "$device" =~ ^(GPU|MIG)-[0-9A-Za-z/-]+$ ]]; then
+            grep -qF "UUID: $device)" <<< "$listing" || bad+=("$device")
+        else
+            bad+=("$device")
+        fi
+    done
+    if [ "${#bad[@]}" -gt 0 ]; then
+        echo "[sweep] error: GPUS=\"$GPUS\" names GPU(s) this machine does not have: ${bad[*]}" \
+            "($found). Fix: list indices or UUIDs that nvidia-smi -L shows, or unset GPUS to run" \
+            "on CPU (JOBS=N for N runs at a time). No run was started." >&2
+        exit 2
+    fi
 }
 
 # parallel_sweep: whether runs go to the background (GPUS given, or JOBS above 1).

@@ -1,6 +1,6 @@
 """Collect an output tree into one comparison table, per-task tables and a plot.
 
-    python scripts/results.py output/toy [more trees ...] [--out DIR] [--no-plot]
+    python scripts/results.py output/toy [more trees ...] [--out DIR] [--no-plot] [--paper]
 
 A run is a folder ``seed<S>`` (or any folder holding ``results.json`` or
 ``log.txt``). Its score is read from ``results.json`` (this project's runs: the
@@ -12,12 +12,21 @@ table; their values are rounded as CoOp printed them).
 
 Folder layouts understood (CoOp's conventions):
 
-* ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots/[<tag>/]seed<S>`` (main sweeps);
-* ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>/seed<S>``;
-* ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script).
+* ``<benchmark>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/[<tag>/]seed<S>`` (main sweeps);
+* ``base2new/<train_base|test_new>/<benchmark>/shots_<K>/<Trainer>/[<variant>/]<cfg>[<options>]/seed<S>``;
+* ``<Trainer>/<cfg>/<dataset>`` (CoOp's zero-shot script);
+* ``task_transfer/<benchmark>/heldout_<task>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/seed<S>``
+  (scripts/softcpt/task_transfer.sh): a table of its own, held-out task x method, with the
+  mean over held-out tasks (``transfer.csv``).
+
+``<options>`` are the sweep's extra ``KEY VALUE`` config options as the sweep scripts
+name folders (``scripts/common.sh``, ``options_tag``): ``_<KEY>-<VALUE>`` each, e.g.
+``rn50_ep50_16shots_OPTIM.LR-0.001``, with characters outside letters, digits and
+``._,+=@-`` written ``%XX``.
 
 For every benchmark the table has one row per method (trainer plus variant or
-tag folders) and config, one column per shot count: mean ± std over seeds
+tag folders, plus the options as ``KEY=VALUE``, so runs of other settings are rows of
+their own) and config, one column per shot count: mean ± std over seeds
 (population std, as ``parse_test_res.py``). A cell with fewer seeds than the
 benchmark's runs use says so, e.g. ``61.20 ± 0.30 (2/3 seeds)``; a cell with no
 result says ``missing``. Zero-shot cells (0 shots) involve no sampling, so one
@@ -28,6 +37,11 @@ log); one bad run never stops the table of the others.
 Writes ``table.md``, ``table.csv``, ``tasks.csv``, ``runs.csv`` and
 ``curves.png`` (accuracy against shots, one panel per benchmark) under
 ``--out`` (default: ``<first tree>/summary``). Needs numpy and matplotlib only.
+
+``--paper`` also prints (and writes ``paper.md``) the published numbers of
+``docs/paper_results.csv`` beside ours, with the difference, marking each row's
+training: ``reproduce`` for runs whose results.json records ``param_dtype`` fp16
+(the official code's training, docs/method.md), ``default`` otherwise.
 """
 from __future__ import annotations
 
@@ -41,15 +55,21 @@ import re
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
+from urllib.parse import unquote
 
 import numpy as np
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 SHOTS_DIR = re.compile(r"^(?P<cfg>.+)_(?P<shots>\d+)shots$")
+# Where a folder name's options begin, and each option: "_" KEY "-" VALUE, KEY a dotted
+# upper-case config key (OPTIM.LR, TRAINER.COOP.N_CTX), as scripts/common.sh writes them.
+OPTION = re.compile(r"_(?P<key>[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+)-")
 B2N_SHOTS_DIR = re.compile(r"^shots_(\d+)$")
 B2N_SPLIT_DIR = re.compile(r"^(train_base|test_base|test_new|test_all)$")
 ACCURACY = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
-TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:]+): .*score \(\w+\): (?P<score>[\.\deE+-]+)%")
+# A task's line, as printed now (ends "\tmetric: X%") or before (ends "score (<metric>): X%").
+TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:]+): .*(?:\tmetric|score \(\w+\)): "
+                       r"(?P<score>[\.\deE+-]+)%")
 ARGUMENT = re.compile(r"^(trainer|config_file|seed): (.*)$")
 NUM_SHOTS = re.compile(r"^\s*NUM_SHOTS: (-?\d+)$")
 END_SIGNALS = ("Finish training", "=> result")
@@ -216,20 +236,39 @@ def describe(run_dir: str, root: str, meta: dict,
         bench, config = inner[-1], config or inner[t + 1]
         inner = inner[: t + 1]
     method: list[str] = []
-    for p in inner[t:]:
+    options: list[str] = []
+    for i, p in enumerate(inner[t:]):
+        if i:  # not the trainer's own folder
+            p, opts = split_options(p)
+            options += opts
         m = SHOTS_DIR.match(p)
         if m:
             config, shots = m.group("cfg"), int(m.group("shots"))
         elif p != config or not method:
             method.append(p)
     shots = 0 if shots is None or int(shots) < 0 else int(shots)
-    return bench, "/".join(method) or meta.get("trainer") or "unknown", config, shots, seed
+    label = "/".join(method) or meta.get("trainer") or "unknown"
+    return bench, " ".join([label] + options), config, shots, seed
+
+
+def split_options(name: str) -> tuple[str, list[str]]:
+    """A folder name without its options, and the options as ``KEY=VALUE`` (decoded):
+    ``tiny_16shots_OPTIM.LR-0.001`` -> (``tiny_16shots``, [``OPTIM.LR=0.001``])."""
+    marks = list(OPTION.finditer(name))
+    if not marks:
+        return name, []
+    options = []
+    for mark, after in zip(marks, marks[1:] + [None]):
+        value = name[mark.end(): after.start() if after else len(name)]
+        options.append(f"{mark.group('key')}={unquote(value)}")
+    return name[: marks[0].start()], options
 
 
 def _guess_trainer_index(inner: list[str], below_root: int) -> int:
     """Unknown trainer: the first folder below the tree, or the second when two or more
     folders precede ``<cfg>_<K>shots`` (the first is then the benchmark, as in output/)."""
-    shots_at = next((i for i, p in enumerate(inner) if i >= below_root and SHOTS_DIR.match(p)), len(inner))
+    shots_at = next((i for i, p in enumerate(inner) if i >= below_root and SHOTS_DIR.match(split_options(p)[0])),
+                    len(inner))
     return below_root + 1 if shots_at - below_root >= 2 else below_root
 
 
@@ -400,6 +439,101 @@ def _md_row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+# ----------------------------------------------------------------------------- task transfer
+TRANSFER_DIR = "task_transfer"
+HELDOUT_DIR = re.compile(r"^heldout_(.+)$")
+
+
+def transfer_place(path: str) -> Optional[tuple[str, str, str, str, int]]:
+    """(benchmark, held-out task, stage, method, shots) of a run of scripts/softcpt/task_transfer.sh:
+    ``task_transfer/<bench>/heldout_<key>/<train|test>/<Trainer>/[<variant>/]<cfg>_<K>shots[<options>]/seed<S>``;
+    None for any other run."""
+    parts = os.path.abspath(path).split(os.sep)
+    if TRANSFER_DIR not in parts:
+        return None
+    rest = parts[len(parts) - 1 - parts[::-1].index(TRANSFER_DIR) + 1:]
+    if SEED_DIR.match(rest[-1] if rest else ""):
+        rest = rest[:-1]
+    if len(rest) < 5 or not HELDOUT_DIR.match(rest[1]) or rest[2] not in ("train", "test"):
+        return None
+    shots_at = next((i for i, p in enumerate(rest) if i > 3 and SHOTS_DIR.match(split_options(p)[0])), None)
+    if shots_at is None:
+        return None
+    name, options = split_options(rest[shots_at])  # the sweep's KEY VALUE options, as in describe
+    method = " ".join(["/".join(rest[3:shots_at])] + options)
+    return rest[0], HELDOUT_DIR.match(rest[1]).group(1), rest[2], method, \
+        int(SHOTS_DIR.match(name).group("shots"))
+
+
+def split_transfer_runs(runs: list[Run]) -> tuple[list[Run], list[tuple[tuple, Run]]]:
+    """(the other runs, [(place, run)] of the task-transfer runs, training and evaluation)."""
+    others, transfer = [], []
+    for run in runs:
+        place = transfer_place(run.path)
+        if place is None:
+            others.append(run)
+        else:
+            transfer.append((place, run))
+    return others, transfer
+
+
+def summarize_transfer(transfer: list[tuple[tuple, Run]]) -> dict:
+    """{benchmark: {(method, shots): {held-out task: Cell}}} of the evaluations on the held-out task."""
+    table: dict = {}
+    for (bench, task, stage, method, shots), run in transfer:
+        if stage != "test":
+            continue
+        cell = table.setdefault(bench, {}).setdefault((method, shots), {}).setdefault(task, Cell())
+        cell.expected.add(run.seed)
+        if run.score is not None:
+            cell.scores[run.seed] = run.score
+    for columns in table.values():
+        tasks = {t for cells in columns.values() for t in cells}
+        for cells in columns.values():  # every task and seed a column has anywhere, it owes everywhere
+            seeds = {s for c in cells.values() for s in c.expected}
+            for t in tasks:
+                cells.setdefault(t, Cell()).expected |= seeds
+    return table
+
+
+def transfer_markdown(table: dict) -> str:
+    """A table "held-out task x method" per benchmark, with the mean over held-out tasks."""
+    out = []
+    for bench in sorted(table):
+        columns = table[bench]
+        # SoftCPT first, zero-shot last
+        order = sorted(columns, key=lambda c: (c[1] == 0, not c[0].startswith("SoftCPT"), c[0], c[1]))
+        tasks = sorted({t for cells in columns.values() for t in cells})
+        out.append(f"## Task transfer: {bench}\n\nScore (%) of each task (its declared metric) when "
+                   "the model was trained on the other tasks only and evaluated on this one alone: "
+                   "mean ± std over seeds.\n")
+        head = ["held-out task"] + [m if k == 0 else f"{m} ({_shots_label(k)})" for m, k in order]
+        out += [_md_row(head), _md_row(["---"] * len(head))]
+        for t in tasks:
+            out.append(_md_row([t] + [format_cell(columns[c].get(t)) for c in order]))
+        means = []
+        for c in order:
+            cells = [columns[c][t] for t in tasks]
+            if all(cell.complete for cell in cells):
+                means.append(f"{np.mean([mean_std(cell.scores.values())[0] for cell in cells]):.2f}")
+            else:
+                means.append("incomplete")
+        out += [_md_row(["mean"] + means), ""]
+    return "\n".join(out)
+
+
+def write_transfer_csv(table: dict, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["benchmark", "held_out_task", "method", "shots", "mean", "std", "n_seeds",
+                    "expected_seeds"])
+        for bench, columns in sorted(table.items()):
+            for (method, shots), cells in sorted(columns.items()):
+                for task, c in sorted(cells.items()):
+                    mean, std = mean_std(c.scores.values()) if c.scores else ("", "")
+                    w.writerow([bench, task, method, shots, mean, std, c.n, len(c.expected | set(c.scores))])
+
+
 # ----------------------------------------------------------------------------- writing
 def write_csv(table: dict, runs: list[Run], out: str) -> None:
     with open(os.path.join(out, "table.csv"), "w", newline="") as f:
@@ -477,11 +611,127 @@ def plot(table: dict, path: str) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- --paper
+# The published numbers (docs/benchmarks.md#published-numbers), one row per benchmark,
+# method, backbone and shot count ("avg": the mean over 1, 2, 4, 8 and 16 shots).
+PAPER_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                         "paper_results.csv")
+# Config name prefixes of each backbone's configs (configs/trainers/*/).
+CONFIG_BACKBONES = {"rn50": "RN50", "vit_b16": "ViT-B/16"}
+
+
+def read_paper(path: str = PAPER_CSV) -> list[dict]:
+    """The published numbers: dicts with benchmark, method, paper_name, backbone, shots, score."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["score"] = float(row["score"])
+        row["shots"] = row["shots"] if row["shots"] == "avg" else int(row["shots"])
+    return rows
+
+
+def config_backbone(config: str) -> Optional[str]:
+    """RN50 for ``rn50_ep50``, ViT-B/16 for ``vit_b16_ep50`` ...; None for other configs."""
+    for prefix, backbone in CONFIG_BACKBONES.items():
+        if config.lower().startswith(prefix):
+            return backbone
+    return None
+
+
+def training_settings(runs: list[Run]) -> dict:
+    """{(benchmark, method, config): set of (param_dtype, steps_per_batch)} from results.json
+    (runs written before these were recorded count as fp32, as they were trained)."""
+    out: dict = {}
+    for run in runs:
+        if run.score is None:
+            continue
+        setting = ("fp32", None)
+        try:
+            with open(os.path.join(run.path, "results.json"), encoding="utf-8") as f:
+                report = json.load(f)
+            setting = (str(report.get("param_dtype") or "fp32"), report.get("steps_per_batch"))
+        except (OSError, ValueError, AttributeError):  # read from a log: another code base's run
+            setting = ("log", None) if run.source.startswith("log") else setting
+        out.setdefault((run.benchmark, run.method, run.config), set()).add(setting)
+    return out
+
+
+def setting_label(settings: set) -> str:
+    """``reproduce (PARAM_DTYPE fp16, STEPS_PER_BATCH 3)``, ``default (fp32)`` or ``mixed: ...``."""
+    def one(setting):
+        dtype, steps = setting
+        if dtype == "log":
+            return "unknown (read from log.txt)"
+        step_text = f", STEPS_PER_BATCH {steps}" if steps is not None else ""
+        if dtype == "fp16":
+            return f"reproduce (PARAM_DTYPE {dtype}{step_text})"
+        return f"default ({dtype}{step_text})"
+    labels = sorted({one(x) for x in settings})
+    return labels[0] if len(labels) == 1 else "mixed: " + "; ".join(labels)
+
+
+def our_value(cells: dict, shots) -> tuple[Optional[float], str]:
+    """Our mean for a published shot count: ``avg`` is the mean over the few-shot columns
+    (every one complete), or the zero-shot score for a method without shots."""
+    if shots == "avg":
+        few = [c for k, c in cells.items() if k > 0]
+        if not few:
+            zero = cells.get(0)
+            return (mean_std(zero.scores.values())[0], "") if zero and zero.scores else (None, "no run")
+        if not all(c.complete for c in few):
+            return None, "incomplete"
+        return float(np.mean([mean_std(c.scores.values())[0] for c in few])), ""
+    cell = cells.get(shots)
+    if cell is None or not cell.scores:
+        return None, "no run"
+    return mean_std(cell.scores.values())[0], "" if cell.complete else "incomplete seeds"
+
+
+def paper_comparison(table: dict, runs: list[Run], paper: Optional[list[dict]] = None) -> str:
+    """Markdown: every published number of the benchmarks in ``table`` beside ours, with the
+    difference (ours - paper), one row per our config of the published backbone."""
+    paper = read_paper() if paper is None else paper
+    settings = training_settings(runs)
+    published = sorted({p["benchmark"] for p in paper})
+    out = []
+    for bench in sorted(b for b in table if not b.endswith("]")):
+        rows = [p for p in paper if p["benchmark"] == bench]
+        if not rows:
+            out.append(f"## {bench}: published numbers\n\nThe paper publishes none for {bench!r} "
+                       f"(docs/paper_results.csv has: {', '.join(published)}).\n")
+            continue
+        out.append(f"## {bench}: published numbers beside ours\n\n"
+                   "Mean task score (%), paper (docs/paper_results.csv) and ours (mean over seeds); "
+                   "`avg`: mean over 1, 2, 4, 8 and 16 shots.\n")
+        head = ["method (paper)", "backbone", "shots", "paper", "ours: method", "config", "ours",
+                "ours - paper", "training"]
+        out += [_md_row(head), _md_row(["---"] * len(head))]
+        for p in rows:
+            ours = [(key, cells) for key, cells in sorted(table[bench].items())
+                    if key[0] == p["method"] and config_backbone(key[1]) == p["backbone"]]
+            if not ours:
+                out.append(_md_row([p["paper_name"], p["backbone"], p["shots"], f"{p['score']:.2f}",
+                                    p["method"], "", "no run", "", ""]))
+            for (method, config), cells in ours:
+                value, why = our_value(cells, p["shots"])
+                diff = f"{value - p['score']:+.2f}" if value is not None else ""
+                label = setting_label(settings.get((bench, method, config), set())) \
+                    if settings.get((bench, method, config)) else ""
+                out.append(_md_row([p["paper_name"], p["backbone"], p["shots"], f"{p['score']:.2f}",
+                                    method, config, f"{value:.2f}" if value is not None else why,
+                                    diff, label]))
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("roots", nargs="+", help="output trees, e.g. output/toy or output")
     p.add_argument("--out", default="", help="where to write the files (default: <first tree>/summary)")
     p.add_argument("--no-plot", action="store_true", help="do not draw curves.png")
+    p.add_argument("--paper", action="store_true",
+                   help="also print the published numbers beside ours (docs/paper_results.csv); "
+                        "writes paper.md")
     args = p.parse_args(argv)
     missing = [r for r in args.roots if not os.path.isdir(r)]
     if missing:
@@ -492,8 +742,12 @@ def main(argv: Optional[list] = None) -> int:
         print(f"No runs under {', '.join(args.roots)} (looked for seed<S> folders, results.json "
               "and log.txt).", file=sys.stderr)
         return 1
-    table = summarize(runs)
+    others, transfer = split_transfer_runs(runs)
+    table = summarize(others)
+    transfer_table = summarize_transfer(transfer)
     text = markdown(table, runs)
+    if transfer_table:
+        text = transfer_markdown(transfer_table) + "\n" + text
     print(text)
     out = args.out or os.path.join(args.roots[0], "summary")
     os.makedirs(out, exist_ok=True)
@@ -501,8 +755,17 @@ def main(argv: Optional[list] = None) -> int:
         f.write(text)
     write_csv(table, runs, out)
     written = ["table.md", "table.csv", "tasks.csv", "runs.csv"]
+    if transfer_table:
+        write_transfer_csv(transfer_table, os.path.join(out, "transfer.csv"))
+        written.append("transfer.csv")
     if not args.no_plot and plot(table, os.path.join(out, "curves.png")):
         written.append("curves.png")
+    if args.paper:
+        comparison = paper_comparison(table, runs)
+        print(comparison)
+        with open(os.path.join(out, "paper.md"), "w") as f:
+            f.write(comparison)
+        written.append("paper.md")
     print(f"Wrote {', '.join(os.path.join(out, w) for w in written)}")
     return 0
 

@@ -16,10 +16,39 @@ import torch
 HAVE_DASSL = importlib.util.find_spec("dassl") is not None
 DASSL_REASON = "Dassl is not installed"
 needs_dassl = pytest.mark.skipif(not HAVE_DASSL, reason=DASSL_REASON)
-# CI sets this so that a machine without Dassl fails instead of passing on skips.
+BACKBONES = ("tiny", "tiny-b16")  # the test CLIPs (trainers/backbone.py); fixture any_clip
+SLURM_REASON = "no local Slurm cluster"  # tests/test_slurm.py's skip: no root, or Slurm not installed
+# CI sets this so that a machine without Dassl, or without the Slurm it installs, fails
+# instead of passing on skips: a skip whose reason starts with one of these is a failure there.
 REQUIRE_DASSL = os.environ.get("SOFTCPT_REQUIRE_DASSL", "") not in ("", "0")
-REQUIRE_HINT = ("SOFTCPT_REQUIRE_DASSL is set, so a test that needs Dassl fails instead of skipping: "
-                "install it (INSTALL.md#dassl) or unset SOFTCPT_REQUIRE_DASSL")
+REQUIRED_IN_CI = {
+    DASSL_REASON: "install it (INSTALL.md#dassl)",
+    SLURM_REASON: "run as root with Slurm installed, as .ci/run does "
+                  "(README.md#running-on-several-gpus-or-a-cluster)",
+}
+
+
+def on_backbones(cases, b16_cases, ids=str) -> list:
+    """``(backbone, case)`` parameters for a test taking ``any_clip`` (indirect) and a case:
+    every case on ``tiny``, the cases named in ``b16_cases`` on ``tiny-b16`` too. Use with
+    ``@pytest.mark.parametrize("any_clip, case", on_backbones(...), indirect=["any_clip"])``."""
+    return [pytest.param(backbone, case, id=f"{backbone}-{ids(case)}")
+            for backbone in BACKBONES for case in cases
+            if backbone == "tiny" or ids(case) in b16_cases]
+
+
+def _required_reason(report) -> str:
+    """The CI-required reason a report was skipped for, or ""."""
+    if not report.skipped:
+        return ""
+    text = str(report.longrepr)
+    return next((reason for reason in REQUIRED_IN_CI if reason in text), "")
+
+
+# One intra-op thread for the tests run in this process: the tiny models gain nothing from
+# a second one, and on a busy machine (several runs on 2 cores) OpenMP threads spin waiting
+# for each other: the text-speed-up tests took 10x longer with 2 threads than with 1 there.
+torch.set_num_threads(1)
 
 if HAVE_DASSL and importlib.util.find_spec("fixtures_data") is not None:
     from fixtures_data import *  # noqa: F401,F403  (synthetic datasets in real layouts)
@@ -56,7 +85,6 @@ def project_logging_reset():
 def tiny_clip(softcpt_cache):
     """The tiny CLIP in fp32, frozen (shared: do not modify it in a test)."""
     from trainers.backbone import load_clip
-    torch.set_num_threads(2)
     return load_clip("tiny")
 
 
@@ -64,38 +92,45 @@ def tiny_clip(softcpt_cache):
 def tiny_b16_clip(softcpt_cache):
     """ViT-B/16's structure at small size (4 heads, 3 layers), fp32, frozen (shared: do not modify)."""
     from trainers.backbone import load_clip
-    torch.set_num_threads(2)
     return load_clip("tiny-b16")
 
 
-def _is_dassl_skip(report) -> bool:
-    return report.skipped and DASSL_REASON in str(report.longrepr)
+@pytest.fixture(scope="session", params=BACKBONES)
+def any_clip(request):
+    """Each test backbone in turn: ``tiny`` (1 head, 2 layers: fast) and ``tiny-b16`` (4 heads,
+    3 layers: the head split and layer stacking of a real text tower). Shared: do not modify."""
+    return request.getfixturevalue({"tiny": "tiny_clip", "tiny-b16": "tiny_b16_clip"}[request.param])
 
 
-def _fail_dassl_skip(report) -> None:
-    """Under SOFTCPT_REQUIRE_DASSL, turn a skip for lack of Dassl into a failure."""
-    if REQUIRE_DASSL and _is_dassl_skip(report):
+def _fail_required_skip(report) -> None:
+    """Under SOFTCPT_REQUIRE_DASSL, turn a skip for lack of Dassl or Slurm into a failure."""
+    reason = _required_reason(report)
+    if REQUIRE_DASSL and reason:
+        skipped = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"{DASSL_REASON}. {REQUIRE_HINT}."
+        report.longrepr = (f"{skipped}. SOFTCPT_REQUIRE_DASSL is set, so a test that cannot run for this "
+                           f"reason fails instead of skipping: {REQUIRED_IN_CI[reason]}, or unset "
+                           "SOFTCPT_REQUIRE_DASSL.")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     """Modules that skip at import (pytest.importorskip("dassl"))."""
     outcome = yield
-    _fail_dassl_skip(outcome.get_result())
+    _fail_required_skip(outcome.get_result())
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Tests marked ``needs_dassl``."""
+    """Tests marked ``needs_dassl``, and fixtures that skip (tests/test_slurm.py's cluster)."""
     outcome = yield
-    _fail_dassl_skip(outcome.get_result())
+    _fail_required_skip(outcome.get_result())
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Say how many tests were skipped for lack of Dassl (before pytest's final line)."""
+    """Say how many tests were skipped for lack of Dassl or Slurm (before pytest's final line)."""
     skipped = terminalreporter.stats.get("skipped", [])
-    n = sum(1 for r in skipped if _is_dassl_skip(r))
-    if n:
-        terminalreporter.write_line(f"{n} skipped because {DASSL_REASON} (see INSTALL.md#dassl)")
+    for reason, fix in REQUIRED_IN_CI.items():
+        n = sum(1 for r in skipped if _required_reason(r) == reason)
+        if n:
+            terminalreporter.write_line(f"{n} skipped because {reason} ({fix})")

@@ -19,6 +19,7 @@ def test_coop_names_map_to_openclip_models_with_openai_weights(name):
     assert "openai" in open_clip.list_pretrained_tags_by_model(arch)
 
 
+@pytest.mark.slow  # builds a full-size ViT-B/32
 def test_random_weights_build_the_named_architecture():
     model = load_clip("ViT-B/32", pretrained=False)
     assert model.visual.conv1.kernel_size == (32, 32)

@@ -241,6 +241,7 @@ def run_train(toy_root, out, trainer, cfg, *opts, flags=()):
         return json.load(f)
 
 
+@pytest.mark.slow  # trains and evaluates through train.main
 @pytest.mark.parametrize("trainer, opts, learned", [
     ("ZeroshotCLIP", (), False),
     ("CoOp", ("TRAINER.COOP.N_CTX", "4"), True),

@@ -150,6 +150,7 @@ def test_a_class_without_val_or_test_images_is_named(data_root, logs):
            "it: 'lonely'" in logs.text
 
 
+@pytest.mark.slow  # runs train.py in subprocesses
 # ------------------------------------------------------------------ from the shell
 def test_the_command_line_prints_messages_not_tracebacks(tmp_path):
     """`python train.py` with bad input: one 'error:' line, exit status 1, no traceback."""

@@ -16,6 +16,9 @@ import time
 
 import pytest
 
+# Each test runs the sweep scripts (with a stand-in for train.py, or real runs): the full tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="Dassl is not installed")
 
@@ -62,6 +65,31 @@ def calls(env) -> list[list[str]]:
         return [line.split() for line in f.read().splitlines()]
 
 
+def live_runs(runs: list[str]) -> list[str]:
+    """The runs (output folders) named on the command line of a live process."""
+    live = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()  # read once, then checked for every run
+        except OSError:  # ended meanwhile
+            continue
+        live.update(run for run in runs if run.encode() in cmdline)
+    return sorted(live)
+
+
+def test_live_runs_checks_every_run(tmp_path):
+    """The check above can fail, for any run: a process standing in for the second run is seen."""
+    runs = [str(tmp_path / "seed1"), str(tmp_path / "seed2")]
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", runs[1]])
+    try:
+        assert live_runs(runs) == [runs[1]]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert live_runs(runs) == []
+
+
 def test_gpus_run_one_at_a_time_per_listed_device(fake_env):
     fake_env.update(GPUS="0 1", SLEEP="0.5")
     done = sweep(fake_env)
@@ -69,7 +97,10 @@ def test_gpus_run_one_at_a_time_per_listed_device(fake_env):
     runs = calls(fake_env)
     assert len(runs) == 6
     assert {r[1] for r in runs} == {"gpu=0", "gpu=1"}
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    # the script's own source of the core count: nproc (the CPU set under Docker or Slurm,
+    # which os.cpu_count() ignores)
+    cores = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
+    threads = max(1, cores // 2)
     assert all(r[2] == f"threads={threads}" for r in runs)
     # Never two at once on a GPU: each run on a device starts after the one before it ended.
     for gpu in ("gpu=0", "gpu=1"):
@@ -132,12 +163,7 @@ def test_sigterm_stops_every_run_in_progress(fake_env):
     assert "[sweep] interrupted" in proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                assert not any(run.encode() in f.read() for run in runs), "a run outlived the sweep"
-        except OSError:
-            pass
+    assert not live_runs(runs), "runs outlived the sweep"
     assert len(calls(fake_env)) == 2  # no run started after the signal
 
 

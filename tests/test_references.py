@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ["README.md", "INSTALL.md", "DATASETS.md", "train.py", "pyproject.toml",
+SCANNED = ["README.md", "INSTALL.md", "DATASETS.md", "CONTRIBUTING.md", "train.py", "pyproject.toml",
            "docs", "trainers", "datasets", "configs", "scripts", "examples", ".ci"]
 SUFFIXES = {".md", ".py", ".sh", ".yaml", ".yml", ".toml", ".txt"}
 TOP = ("docs", "scripts", "configs", "trainers", "datasets", "examples", "tests")
@@ -25,6 +25,9 @@ PLACEHOLDER = re.compile(r"[<>{}*$]")
 # Names that are not files of the repository, on purpose.
 NOT_FILES = {
     "table.md": "written by scripts/results.py into the summary folder",
+    "paper.md": "written by scripts/results.py --paper into the summary folder",
+    "gpu_check.md": "written by scripts/bench/gpu_check.py into its --out folder",
+    "output/gpu_check/gpu_check.md": "gpu_check.py's default output, written when it runs",
     "configs/trainers/TaskWordCoOp/": "the folder README.md#add-a-trainer tells the reader to create",
     "configs/trainers/SoftCPT/tny.yaml": "the misspelt path of README.md#troubleshooting's example",
 }

@@ -124,12 +124,48 @@ def test_describe_reads_coop_layouts(tmp_path, rel, meta, expected):
     assert results.describe(str(root / rel), str(root), meta, results.BUILTIN_TRAINERS) == expected
 
 
+def test_runs_with_other_options_are_rows_of_their_own(tmp_path):
+    """Folders named by the sweeps' KEY VALUE options (scripts/common.sh, options_tag)."""
+    runs = tmp_path / "toy" / "SoftCPT" / "NATA"
+    for folder, scores in (("rn50_ep50_16shots", (50.0, 52.0)),
+                           ("rn50_ep50_16shots_OPTIM.LR-0.001", (60.0, 61.0)),
+                           ("rn50_ep50_16shots_OPTIM.LR-0.001_TRAINER.SOFTCPT.N_CTX-4", (70.0, 74.0)),
+                           ("rn50_ep50_16shots_MODEL.INIT_WEIGHTS-%2Fw%20x.pth", (30.0, 30.0))):
+        for seed, score in zip((1, 2), scores):
+            write_ours(runs / folder / f"seed{seed}", score, config="rn50_ep50", shots=16, seed=seed)
+    text = results.markdown(results.summarize(results.collect([str(tmp_path / "toy")])), [])
+    assert "| SoftCPT/NATA | rn50_ep50 | 51.00 ± 1.00 |" in text
+    assert "| SoftCPT/NATA OPTIM.LR=0.001 | rn50_ep50 | 60.50 ± 0.50 |" in text
+    assert "| SoftCPT/NATA OPTIM.LR=0.001 TRAINER.SOFTCPT.N_CTX=4 | rn50_ep50 | 72.00 ± 2.00 |" in text
+    assert "| SoftCPT/NATA MODEL.INIT_WEIGHTS=/w x.pth | rn50_ep50 | 30.00 ± 0.00 |" in text
+    assert text.split("Per task")[0].count("| SoftCPT/NATA") == 4  # one row each, none pooled
+
+
+@pytest.mark.parametrize("rel, meta, expected", [
+    ("toy/CoOp/CA/tiny_2shots_TRAINER.COOP.N_CTX-4_OPTIM.LR-1e-05/seed3", {"trainer": "CoOp"},
+     ("toy", "CoOp/CA TRAINER.COOP.N_CTX=4 OPTIM.LR=1e-05", "tiny", 2, 3)),
+    ("base2new/test_new/toy/shots_16/SoftCPT/NATA/tiny_OPTIM.LR-0.001/seed1", {"trainer": "SoftCPT",
+                                                                              "config": "tiny"},
+     ("toy [test_new]", "SoftCPT/NATA OPTIM.LR=0.001", "tiny", 16, 1)),
+    ("toy/Mystery/tiny_1shots_INPUT.SIZE-%28224,%20224%29/seed1", {},
+     ("toy", "Mystery INPUT.SIZE=(224, 224)", "tiny", 1, 1)),
+    ("toy/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1_4shots/seed1", {},  # underscores alone are no options
+     ("toy", "CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1", 4, 1)),
+])
+def test_describe_reads_option_folders(tmp_path, rel, meta, expected):
+    root = tmp_path / "output"
+    assert results.describe(str(root / rel), str(root), meta, results.BUILTIN_TRAINERS) == expected
+
+
 def test_base_to_new_table_has_the_harmonic_mean(tmp_path):
     for split, score in (("train_base", 80.0), ("test_new", 60.0)):
         write_ours(tmp_path / "base2new" / split / "toy" / "shots_16" / "SoftCPT" / "NATA" / "tiny" / "seed1",
                    score, shots=16)
+        write_ours(tmp_path / "base2new" / split / "toy" / "shots_16" / "SoftCPT" / "NATA" / "tiny_OPTIM.LR-0.1" /
+                   "seed1", score / 2, shots=16)  # another setting: its own row, its own H
     text = results.markdown(results.summarize(results.collect([str(tmp_path / "base2new")])), [])
     assert "| toy | SoftCPT/NATA | tiny | 16 | 80.00 ± 0.00 | 60.00 ± 0.00 | 68.57 |" in text
+    assert "| toy | SoftCPT/NATA OPTIM.LR=0.1 | tiny | 16 | 40.00 ± 0.00 | 30.00 ± 0.00 | 34.29 |" in text
 
 
 def test_command_line_defaults_and_errors(tree, tmp_path):
@@ -190,6 +226,7 @@ def test_unparsable_logs_and_unfinished_runs_say_why(tmp_path, monkeypatch):
     assert runs[3].score is None and runs[3].reason == "log.txt: cannot parse it (bad line 7)"
 
 
+@pytest.mark.slow  # runs a sweep script
 def test_sweep_exits_non_zero_when_its_table_command_fails(tmp_path):
     script = tmp_path / "sweep.sh"
     script.write_text(f"cd {REPO}\nsource scripts/common.sh\nsweep_finish {tmp_path}\n")

@@ -1,14 +1,16 @@
 """Exact resume and crash safety on the toy benchmark with the tiny backbone.
 
 A run resumed from the checkpoint of epoch k (what a kill after epoch k leaves)
-must end with the same learned parameters, optimizer state and results.json
-scores as the uninterrupted run, bit for bit. The last test kills a run during
+must end with the same checkpoint (learned parameters, optimizer state and
+param_groups, scheduler state, random states: every entry, on both sides) and
+results.json as the uninterrupted run, bit for bit (scripts/check_resume.py's
+comparison, itself tested below). The last test kills a run during
 each kind of write (fault injection in trainers/atomic.py) and reruns it until
 it finishes.
 """
 from __future__ import annotations
 
-import json
+import copy
 import os
 import shutil
 import subprocess
@@ -20,8 +22,10 @@ import torch
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 import train  # noqa: E402
+from scripts.check_resume import differences, outcome as run_outcome, tree_differences  # noqa: E402
 from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers.atomic import KILL_ENV  # noqa: E402
+from trainers.schedule import build_lr_scheduler  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4
@@ -38,21 +42,11 @@ def run(root, out) -> dict:
 
 def outcome(out) -> dict:
     """What a run ends with: its last checkpoint and results.json."""
-    ckpt = torch.load(os.path.join(out, "prompt_learner", f"model.pth.tar-{EPOCHS}"), weights_only=True)
-    with open(os.path.join(out, "results.json")) as f:
-        report = json.load(f)
-    return {"params": ckpt["state_dict"], "optimizer": ckpt["optimizer"], "report": report}
+    return run_outcome(str(out), EPOCHS)
 
 
 def assert_identical(a: dict, b: dict) -> None:
-    assert a["params"].keys() == b["params"].keys()
-    for key in a["params"]:
-        assert torch.equal(a["params"][key], b["params"][key]), key
-    for i, state in a["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, b["optimizer"]["state"][i][name]), (i, name)
-    strip = lambda r: {k: v for k, v in r.items() if k != "resumed_from_epoch"}  # noqa: E731
-    assert strip(a["report"]) == strip(b["report"])
+    assert differences(a, b) == []
 
 
 def killed_after(source, dest, epoch: int) -> None:
@@ -74,6 +68,7 @@ def uninterrupted(data_root, tmp_path_factory):
     return out, run(data_root, out)
 
 
+@pytest.mark.slow  # trains the toy benchmark
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_resume_after_epoch_k_is_bit_identical(data_root, uninterrupted, tmp_path, k):
     source, expected = uninterrupted
@@ -85,6 +80,7 @@ def test_resume_after_epoch_k_is_bit_identical(data_root, uninterrupted, tmp_pat
     assert f"Previous epoch: {k}" in (tmp_path / "log.txt").read_text()
 
 
+@pytest.mark.slow  # trains the toy benchmark
 def test_without_the_random_states_the_resumed_run_differs(data_root, uninterrupted, tmp_path,
                                                           monkeypatch):
     """The comparison above can fail: skipping the restore changes the outcome."""
@@ -92,9 +88,61 @@ def test_without_the_random_states_the_resumed_run_differs(data_root, uninterrup
     killed_after(source, tmp_path, 2)
     monkeypatch.setattr(ckpt_io, "restore_rng_state", lambda state: None)
     resumed = run(data_root, tmp_path)
-    assert any(not torch.equal(resumed["params"][k], v) for k, v in expected["params"].items())
+    found = differences(resumed, expected)
+    assert any(d.startswith("checkpoint.state_dict.") for d in found), found
 
 
+def a_checkpoint() -> dict:
+    """A checkpoint's parts as a trainer saves them, from a real optimizer and schedule."""
+    from yacs.config import CfgNode as CN
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    optim = torch.optim.SGD(params, lr=0.002, momentum=0.9, weight_decay=5e-4)
+    sched = build_lr_scheduler(optim, CN(dict(LR=0.002, LR_SCHEDULER="cosine", STEPSIZE=(-1,), GAMMA=0.1,
+                                              MAX_EPOCH=4, WARMUP_EPOCH=1, WARMUP_TYPE="constant",
+                                              WARMUP_CONS_LR=1e-5, WARMUP_MIN_LR=1e-5,
+                                              WARMUP_RECOUNT=True)))
+    sum(p.sum() for p in params).backward()
+    optim.step()
+    sched.step()
+    return {"ckpt": {"epoch": 1, "state_dict": {"ctx": params[0].detach().clone()},
+                     "optimizer": optim.state_dict(), "scheduler": sched.state_dict()},
+            "report": {"score": 50.0, "resumed_from_epoch": None}}
+
+
+def changed(mutate) -> list[str]:
+    a = a_checkpoint()
+    b = copy.deepcopy(a)
+    mutate(b)
+    return differences(a, b)
+
+
+def test_the_comparison_sees_every_part_of_a_checkpoint_on_both_sides():
+    """Each change is named where it is; the same state compares equal; nothing raises."""
+    assert changed(lambda b: None) == []
+    assert changed(lambda b: b["report"].update(resumed_from_epoch=2)) == []  # says how, not what
+    opt = "checkpoint.optimizer"
+    assert changed(lambda b: b["ckpt"]["state_dict"].update(extra=torch.zeros(1))) == \
+        ["checkpoint.state_dict.extra (only in the second)"]
+    assert changed(lambda b: b["ckpt"]["optimizer"]["state"].pop(1)) == [f"{opt}.state.1 (only in the first)"]
+    assert changed(lambda b: b["ckpt"]["optimizer"]["state"][0]["momentum_buffer"].add_(1e-7)) == \
+        [f"{opt}.state.0.momentum_buffer"]
+    assert changed(lambda b: b["ckpt"]["optimizer"]["param_groups"][0].update(lr=0.001)) == \
+        [f"{opt}.param_groups[0].lr"]
+    assert changed(lambda b: b["ckpt"]["optimizer"]["param_groups"][0].update(momentum=0.8)) == \
+        [f"{opt}.param_groups[0].momentum"]
+    assert changed(lambda b: b["ckpt"]["optimizer"]["param_groups"][0].update(params=[1, 0])) == \
+        [f"{opt}.param_groups[0].params[0]", f"{opt}.param_groups[0].params[1]"]
+    assert changed(lambda b: b["ckpt"]["scheduler"].update(last_epoch=2)) == \
+        ["checkpoint.scheduler.last_epoch"]
+    assert changed(lambda b: b["ckpt"]["scheduler"].pop("base_lrs")) == \
+        ["checkpoint.scheduler.base_lrs (only in the first)"]
+    assert changed(lambda b: b["ckpt"]["state_dict"].update(ctx=b["ckpt"]["state_dict"]["ctx"].double())) == \
+        ["checkpoint.state_dict.ctx"]
+    assert changed(lambda b: b["report"].update(score=50.5)) == ["results.json.score"]
+    assert tree_differences({"a": [1, 2]}, {"a": [1, 2, 3]}) == ["a (2 entries against 3)"]
+
+
+@pytest.mark.slow  # trains the toy benchmark
 def test_damaged_checkpoints_fall_back_to_the_previous_one(data_root, uninterrupted, tmp_path):
     source, expected = uninterrupted
     killed_after(source, tmp_path, 3)
@@ -109,30 +157,23 @@ def test_damaged_checkpoints_fall_back_to_the_previous_one(data_root, uninterrup
     assert f"WARNING: {tmp_path / 'prompt_learner' / 'checkpoint'} is empty" in log
 
 
-# Imports train.py's modules once, forks one attempt per kill point (each SIGKILLs itself
-# mid-write), waits for the test to look at the files, then runs train.py itself to the end.
+# One attempt per kill point, each a fork of a process that imported train.py's modules once
+# (scripts/check_resume.py's attempt, which SIGKILLs itself mid-write); waits for the test to
+# look at the files after each, then runs train.py itself to the end.
 ATTEMPTS = """
 import os, runpy, sys
-import train
+from scripts.check_resume import attempt
 argv = sys.argv[1:]
 status = os.fdopen(int(os.environ["STATUS_FD"]), "w")
 for spec in os.environ["KILL_POINTS"].split(","):
-    pid = os.fork()
-    if pid == 0:
-        os.environ["SOFTCPT_KILL_WRITE"] = spec
-        try:
-            train.main(argv)
-        finally:
-            os._exit(3)  # not killed: the fault was never hit
-    _, code = os.waitpid(pid, 0)
-    killed = os.WIFSIGNALED(code) and os.WTERMSIG(code) == 9
-    print("killed" if killed else code, file=status, flush=True)
+    print(attempt(argv, kill=spec), file=status, flush=True)
     sys.stdin.readline()
 sys.argv = ["train.py", *argv]
 runpy.run_path("train.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow  # trains the toy benchmark
 def test_a_run_killed_during_every_kind_of_write_recovers(data_root, uninterrupted, tmp_path):
     """Real SIGKILLs during each kind of write (half-written temporary files, renames that never
     happened), each followed by a rerun in the same folder, until train.py finishes."""
@@ -143,7 +184,10 @@ def test_a_run_killed_during_every_kind_of_write_recovers(data_root, uninterrupt
              ("results.json:1:partial", "results.json"),
              ("done:1:unrenamed", "done")]
     read_end, write_end = os.pipe()  # the attempts' outcomes; their console goes to a file
-    env = dict(os.environ, KILL_POINTS=",".join(spec for spec, _ in kills), STATUS_FD=str(write_end))
+    # the threads of this process (tests/conftest.py sets them), so that the sums, and so every
+    # bit, are those of the uninterrupted run
+    env = dict(os.environ, KILL_POINTS=",".join(spec for spec, _ in kills), STATUS_FD=str(write_end),
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
     env.pop(KILL_ENV, None)
     with open(tmp_path / "console.txt", "w") as console, os.fdopen(read_end) as status:
         proc = subprocess.Popen([sys.executable, "-c", ATTEMPTS, "--root", str(data_root), "--output-dir",

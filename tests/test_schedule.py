@@ -11,8 +11,10 @@ from trainers.schedule import build_lr_scheduler
 
 
 def optim_cfg(**kw) -> CN:
+    # (WARMUP_MIN_LR differs from WARMUP_CONS_LR, Dassl's 1e-5 both, so that one read for the
+    # other shows)
     cfg = CN(dict(LR=0.002, LR_SCHEDULER="cosine", STEPSIZE=(-1,), GAMMA=0.1, MAX_EPOCH=10,
-                  WARMUP_EPOCH=-1, WARMUP_TYPE="linear", WARMUP_CONS_LR=1e-5, WARMUP_MIN_LR=1e-5,
+                  WARMUP_EPOCH=-1, WARMUP_TYPE="linear", WARMUP_CONS_LR=1e-5, WARMUP_MIN_LR=3e-5,
                   WARMUP_RECOUNT=True))
     cfg.update(kw)
     return cfg
@@ -30,6 +32,8 @@ def dassl_reference(cfg: CN, epochs: int) -> list[float]:
     else:
         succ = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.STEPSIZE), cfg.GAMMA)
     w = cfg.WARMUP_EPOCH
+    if w > 0 and not cfg.WARMUP_RECOUNT:  # Dassl: the successor counts the warm-up epochs too
+        succ.last_epoch = w
     if w <= 0:
         lrs = []
         for _ in range(epochs):
@@ -76,6 +80,14 @@ CASES = {
                         WARMUP_TYPE="constant"),
     "single_step_default": dict(LR_SCHEDULER="single_step"),
     "multi_step": dict(LR_SCHEDULER="multi_step", STEPSIZE=(3, 7), WARMUP_EPOCH=1),
+    "multi_step_unsorted": dict(LR_SCHEDULER="multi_step", STEPSIZE=(7, 3), WARMUP_EPOCH=1),
+    "single_step_last_of_a_list": dict(LR_SCHEDULER="single_step", STEPSIZE=(2, 5)),
+    # WARMUP_RECOUNT False: the successor's step is the epoch. Dassl's recursive step
+    # schedules equal the closed form when no step falls inside the warm-up.
+    "single_step_no_recount": dict(LR_SCHEDULER="single_step", STEPSIZE=(4,), WARMUP_EPOCH=2,
+                                   WARMUP_TYPE="linear", WARMUP_RECOUNT=False),
+    "multi_step_no_recount": dict(LR_SCHEDULER="multi_step", STEPSIZE=(3, 7), WARMUP_EPOCH=2,
+                                  WARMUP_TYPE="constant", WARMUP_RECOUNT=False),
 }
 
 
@@ -90,6 +102,14 @@ def test_coop_protocol_values():
     lrs = ours(optim_cfg(MAX_EPOCH=50, WARMUP_EPOCH=1, WARMUP_TYPE="constant"), 50)
     assert lrs[0] == 1e-5 and lrs[1] == pytest.approx(0.002)
     assert lrs[-1] == pytest.approx(0.001 * (1 + math.cos(math.pi * 48 / 50)))  # cosine(e - 1)
+
+
+def test_cosine_without_recount_is_the_closed_form_of_the_epoch():
+    """WARMUP_RECOUNT False (module docstring): LR at e = W, then cosine at step e (Dassl's
+    recursive cosine drifts from this, so the values are written out from the formula)."""
+    lrs = ours(optim_cfg(MAX_EPOCH=10, WARMUP_EPOCH=2, WARMUP_TYPE="linear", WARMUP_RECOUNT=False), 10)
+    expected = [3e-5, 0.002 * 1 / 2, 0.002] + [0.001 * (1 + math.cos(math.pi * e / 10)) for e in range(3, 10)]
+    torch.testing.assert_close(lrs, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_state_dict_round_trip_resumes_the_schedule():

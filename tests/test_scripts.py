@@ -20,20 +20,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None,
                                  reason="Dassl is not installed")
 
+# Every test runs the sweep scripts (with a stand-in for train.py, or real runs): the full tier.
+pytestmark = pytest.mark.slow
+
 # Stands in for the interpreter: records train.py's arguments, fails where told, and
 # otherwise writes what a finished run leaves; passes the sweep's pre-flight check at once;
 # anything else goes to the real Python.
 FAKE_PYTHON = """#!/bin/bash
 case "$2" in "# sweep pre-flight"*) exit 0 ;; esac  # tested in test_setup.py; saves an import
+# torch.cuda.device_count() as $CUDA_COUNT says (scripts/parallel.sh asks it without nvidia-smi)
+case "$2" in *device_count*) if [ -n "${{CUDA_COUNT:-}}" ]; then echo "$CUDA_COUNT"; exit 0; fi ;; esac
 if [ "$1" != train.py ]; then exec {python} "$@"; fi
 echo "$*" >> "$CALLS"
 while [ $# -gt 0 ]; do
-    case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; --trainer) trainer=$2 ;; esac
+    case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; --trainer) trainer=$2 ;;
+                 --config-file) config=$(basename "$2" .yaml) ;; esac
     shift
 done
 mkdir -p "$out"  # train.py's first act, as Dassl opens log.txt there
 if [ "$seed" = "$FAIL_SEED" ]; then echo "boom" | tee "$out/log.txt" >&2; exit 3; fi
-echo '{{"score": 50.0, "trainer": "'$trainer'", "seed": '$seed', "tasks": []}}' > "$out/results.json"
+echo '{{"score": 50.0, "trainer": "'$trainer'", "config": "'$config'", "seed": '$seed', "tasks": []}}' \
+    > "$out/results.json"
 touch "$out/done"
 """
 
@@ -81,7 +88,7 @@ def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_p
      ("--trainer SoftCPT --dataset-config-file configs/datasets/general10.yaml --config-file "
       "configs/trainers/SoftCPT/rn50_ep50.yaml DATASET.NUM_SHOTS 16 TRAINER.SOFTCPT.VARIANT NATS")),
     ("scripts/coop/main.sh", ["toy", "tiny", "MT", "TRAINER.COOP.N_CTX", "4"],
-     "toy/CoOp/MT/tiny_16shots/seed2",
+     "toy/CoOp/MT/tiny_16shots_TRAINER.COOP.N_CTX-4/seed2",
      "DATASET.NUM_SHOTS 16 TRAINER.COOP.SHARING all TRAINER.COOP.CSC False TRAINER.COOP.N_CTX 4"),
     ("scripts/coop/main.sh", ["toy", "tiny", "CS"], "toy/CoOp/CS/tiny_16shots/seed2",
      "TRAINER.COOP.SHARING task TRAINER.COOP.CSC True"),
@@ -101,6 +108,98 @@ def test_scripts_pass_coop_style_arguments_and_folders(fake_env, script, args, f
     assert call.startswith(f"train.py --output-dir {out}/{folder} --root {fake_env['DATA']} --seed 2 ")
     assert expected in call
     assert os.path.isfile(os.path.join(out, folder, "done"))
+
+
+def test_options_name_the_run_folders_so_settings_never_share_one(fake_env):
+    fake_env.update(SHOTS="16", SEEDS="1")
+    out = fake_env["OUTPUT"]
+    runs = os.path.join(out, "toy", "SoftCPT", "NATA")
+    first = sweep("scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.LR", "0.001", env=fake_env)
+    assert first.returncode == 0, first.stderr
+    # Another learning rate is another run, not "finished"; "/" and spaces cannot split the name.
+    other = sweep("scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.LR", "0.01", "MODEL.INIT_WEIGHTS",
+                  "/w/my model.pth", env=fake_env)
+    assert other.returncode == 0 and "[sweep] skip" not in other.stdout
+    plain = sweep("scripts/softcpt/main.sh", "toy", "tiny", "NATA", env=fake_env)
+    assert plain.returncode == 0 and "[sweep] skip" not in plain.stdout
+    folders = [c.split()[2] for c in calls(fake_env)]
+    assert folders == [os.path.join(runs, name, "seed1") for name in (
+        "tiny_16shots_OPTIM.LR-0.001", "tiny_16shots_OPTIM.LR-0.01_MODEL.INIT_WEIGHTS-%2Fw%2Fmy%20model.pth",
+        "tiny_16shots")]
+    assert calls(fake_env)[1].endswith("OPTIM.LR 0.01 MODEL.INIT_WEIGHTS /w/my model.pth")  # as given
+    again = sweep("scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.LR", "0.001", env=fake_env)
+    assert again.returncode == 0 and again.stdout.count("[sweep] skip") == 1 and len(calls(fake_env)) == 3
+    table = again.stdout[again.stdout.index("## toy"):].split("Per task")[0]
+    for row in ("SoftCPT/NATA", "SoftCPT/NATA OPTIM.LR=0.001",
+                "SoftCPT/NATA OPTIM.LR=0.01 MODEL.INIT_WEIGHTS=/w/my model.pth"):
+        assert f"| {row} | tiny | 50.00 ± 0.00 |" in table
+
+
+def test_base2new_test_loads_the_model_of_the_same_options(fake_env):
+    fake_env.update(SHOTS="16", SEEDS="1")
+    opts = ["toy", "tiny", "NATA", "OPTIM.LR", "0.1"]
+    assert sweep("scripts/softcpt/base2new_train.sh", *opts, env=fake_env).returncode == 0
+    done = sweep("scripts/softcpt/base2new_test.sh", *opts, env=fake_env)
+    assert done.returncode == 0, done.stderr
+    model = os.path.join(fake_env["OUTPUT"], "base2new", "train_base", "toy", "shots_16", "SoftCPT", "NATA",
+                         "tiny_OPTIM.LR-0.1", "seed1")
+    test = model.replace("train_base", "test_new")
+    assert f"--output-dir {test} " in calls(fake_env)[1] and f"--model-dir {model} " in calls(fake_env)[1]
+    assert "| toy | SoftCPT/NATA OPTIM.LR=0.1 | tiny | 16 | 50.00 ± 0.00 | 50.00 ± 0.00 | 50.00 |" in done.stdout
+
+
+FAKE_NVIDIA_SMI = """#!/bin/bash
+[ "$1" = -L ] || exit 2
+if [ "$GPU_COUNT" = none ]; then
+    echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."; exit 9
+fi
+for ((i = 0; i < GPU_COUNT; i++)); do echo "GPU $i: NVIDIA H200 (UUID: GPU-0000000$i-aaaa)"; done
+"""
+
+
+def _without_nvidia_smi(path: str) -> str:
+    return ":".join(d for d in path.split(":") if not os.path.exists(os.path.join(d, "nvidia-smi")))
+
+
+@pytest.mark.parametrize("gpus, found, message", [
+    ("0 1", 2, None),
+    ("GPU-00000001-aaaa 0", 2, None),  # UUIDs as nvidia-smi -L shows them
+    ("0 2", 2, "names GPU(s) this machine does not have: 2 (nvidia-smi -L lists 2 GPU(s))"),
+    ("0", "none", "names GPU(s) this machine does not have: 0 (nvidia-smi -L failed: NVIDIA-SMI has failed"),
+    ("0", "torch 0", "does not have: 0 (no nvidia-smi on PATH, and torch.cuda.device_count() is 0)"),
+    ("1", "torch 2", None),
+    ("cuda:0", 2, "does not have: cuda:0"),
+])
+def test_gpus_naming_devices_this_machine_lacks_stop_before_any_run(fake_env, tmp_path, gpus, found, message):
+    if isinstance(found, str) and found.startswith("torch"):  # no nvidia-smi: torch counts them
+        fake_env.update(PATH=_without_nvidia_smi(fake_env["PATH"]), CUDA_COUNT=found.split()[1])
+    else:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+        (bin_dir / "nvidia-smi").chmod(0o755)
+        fake_env.update(PATH=f"{bin_dir}:{fake_env['PATH']}", GPU_COUNT=str(found))
+    fake_env.update(GPUS=gpus, SHOTS="1", SEEDS="1")
+    done = sweep("scripts/coop/main.sh", "toy", "tiny", "CA", env=fake_env, timeout=60)
+    if message is None:
+        assert done.returncode == 0, done.stderr
+        assert len(calls(fake_env)) == 1
+        return
+    assert done.returncode == 2 and not os.path.exists(fake_env["CALLS"])
+    (line,) = done.stderr.splitlines()  # one line: GPUS, what was found, the fix
+    assert line.startswith(f'[sweep] error: GPUS="{gpus}" ') and message in line
+    assert "unset GPUS to run on CPU" in line and not os.path.exists(fake_env["OUTPUT"])
+
+
+def test_gpus_on_this_machine_are_counted_by_torch_without_nvidia_smi(fake_env):
+    """No fake count: the real torch of this (GPU-less) machine, as the issue found it."""
+    import torch
+    if torch.cuda.device_count() > 0 or _without_nvidia_smi(os.environ["PATH"]) != os.environ["PATH"]:
+        pytest.skip("this machine has GPUs")
+    fake_env.update(GPUS="0", SHOTS="1", SEEDS="1")
+    done = sweep("scripts/coop/main.sh", "toy", "tiny", "CA", env=fake_env, timeout=120)
+    assert done.returncode == 2 and "torch.cuda.device_count() is 0" in done.stderr
+    assert "[GPU 0]" not in done.stdout and not os.path.exists(fake_env["CALLS"])
 
 
 def test_base2new_test_needs_the_finished_training_run(fake_env):
@@ -152,7 +251,7 @@ def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
     env = dict(os.environ, OUTPUT=str(out), DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1 2")
     cmd = ["bash", "scripts/coop/main.sh", "toy", "tiny", "CA", "TRAINER.COOP.N_CTX", "4",
            "OPTIM.MAX_EPOCH", "10"]
-    runs = out / "toy" / "CoOp" / "CA" / "tiny_1shots"
+    runs = out / "toy" / "CoOp" / "CA" / "tiny_1shots_TRAINER.COOP.N_CTX-4_OPTIM.MAX_EPOCH-10"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -189,8 +288,9 @@ def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(tmp_path):
     done = sweep("scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1", env=env,
                  timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "out" / "toy" / "SoftCPT" / "NATA" / "tiny_1shots" / "seed1" / "done").is_file()
-    assert "| SoftCPT/NATA | tiny |" in _table(done.stdout)
+    assert (tmp_path / "out" / "toy" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-1" / "seed1" /
+            "done").is_file()
+    assert "| SoftCPT/NATA OPTIM.MAX_EPOCH=1 | tiny |" in _table(done.stdout)
     assert (tmp_path / "out" / "toy" / "summary" / "curves.png").is_file()
 
 

@@ -104,6 +104,7 @@ def test_setup_rejects_a_wheels_path_that_is_no_folder(setup_copy, tmp_path):
     assert f"WHEELS={tmp_path / 'nowhere'} is not a folder" in proc.stderr
 
 
+@pytest.mark.slow  # runs the sweep scripts
 @pytest.mark.parametrize("script, hidden, named", [
     ("scripts/softcpt/main.sh", ("dassl",), "Dassl"),
     ("scripts/coop/main.sh", ("dassl",), "Dassl"),
@@ -121,6 +122,7 @@ def test_sweep_stops_before_any_run_when_a_package_is_missing(tmp_path, script, 
     assert not (tmp_path / "out").exists()  # no run folder
 
 
+@pytest.mark.slow  # runs pytest in subprocesses
 def test_require_dassl_turns_its_skips_into_failures(tmp_path):
     env = hide_modules(tmp_path / "site", "dassl")
     env.pop("SOFTCPT_REQUIRE_DASSL", None)  # CI sets it for the suite around this test

@@ -2,7 +2,8 @@
 Slurm (scripts/slurm/local_cluster.sh).
 
 The cluster needs root and Debian's slurmctld, slurmd, slurm-client and munge
-packages (.ci/run installs them when it runs as root); elsewhere these tests skip.
+packages (.ci/run installs them when it runs as root); elsewhere these tests skip, and
+under SOFTCPT_REQUIRE_DASSL (CI) they fail (tests/conftest.py).
 The story test drains the node so that the first submission stays queued: a second
 submission must add nothing, and a task cancelled then must be the only one submitted
 by the next run of the same command.
@@ -14,12 +15,17 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import SLURM_REASON
 
+# Every test here runs the sweep scripts or a Slurm cluster: the full tier.
+pytestmark = pytest.mark.slow
 needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="Dassl is not installed")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +48,7 @@ def _why_no_cluster() -> str:
 FAKE_SBATCH = """#!/bin/bash
 n=$(( $(cat "$STUB/next" 2>/dev/null || echo 100) + 1 )); echo "$n" > "$STUB/next"
 printf '%s\\n' "$*" >> "$STUB/sbatch.txt"
+echo "PYTHON=$PYTHON DATA=$DATA OUTPUT=$OUTPUT" >> "$STUB/sbatch_env.txt"  # what --export=ALL passes on
 echo "$n"
 """
 FAKE_SQUEUE = """#!/bin/bash
@@ -85,15 +92,19 @@ def _lines(path) -> list[str]:
 
 
 def test_slurm_args_throttle_table_job_and_task_script(stub, tmp_path):
-    stub.update(SLURM_ARGS="-p gpu --gres=gpu:1 -t 1:00:00 %3")
+    gpus = "--gres=gpu:1 --gpus-per-node 2 -G1 --gres gpu:a100:1 --mem-per-gpu=8G"
+    stub.update(SLURM_ARGS=f"-p gpu {gpus} -t 1:00:00 %3")
     done = _coop(stub)
     assert done.returncode == 0, done.stderr
     array, table = _lines(tmp_path / "sbatch.txt")
     cmds = glob.glob(str(tmp_path / "out" / "toy" / "slurm" / "*.cmds"))[0]
-    assert "--array=1-4%3 " in array and "--requeue" in array
-    assert array.endswith(f"-p gpu --gres=gpu:1 -t 1:00:00 scripts/slurm/task.sh {cmds}")
-    assert "--dependency=afterany:101 " in table and "-p gpu --gres=gpu:1 -t 1:00:00 scripts/slurm/table.sh" \
-        in table and "%3" not in table
+    assert "--array=1-4%3 " in array and "--requeue" in array and "--open-mode=append" in array
+    assert "--signal=B:USR1@180 " in array and "--export=ALL " in array  # the defaults
+    assert array.endswith(f"-p gpu {gpus} -t 1:00:00 scripts/slurm/task.sh {cmds}")
+    # The table job: no GPU request of any form, the rest of SLURM_ARGS kept.
+    assert "--dependency=afterany:101 " in table and "-p gpu -t 1:00:00 scripts/slurm/table.sh" \
+        in table and "%3" not in table and "--export=ALL " in table
+    assert not any(word in table for word in ("gres", "gpu:", "-G", "gpus", "8G"))
     assert table.endswith("scripts/coop/main.sh toy tiny CA")
     assert "submitted 4 run(s) as Slurm job array 101" in done.stdout and "squeue -j 101,102" in done.stdout
     assert len(_lines(cmds)) == 4
@@ -136,13 +147,144 @@ def test_slurm_refuses_to_guess_when_squeue_fails(stub, tmp_path):
     assert done.returncode == 0 and done.stdout.count("[sweep] submit ") == 4
 
 
+def test_slurm_submission_names_absolute_paths_and_exports_all(stub, tmp_path):
+    """A task runs on another node, maybe with another PATH and working directory."""
+    rel = os.path.relpath(tmp_path, REPO)
+    stub.update(PYTHON="python", DATA=f"{rel}/data", OUTPUT=f"./{rel}/out", SLURM_SIGNAL_SECS="45")
+    done = _coop(stub)
+    assert done.returncode == 0, done.stderr
+    python = str(tmp_path / "bin" / "python")  # the bare word, as found on PATH at submission
+    cmds = glob.glob(str(tmp_path / "out" / "toy" / "slurm" / "*.cmds"))[0]
+    run = os.path.join(REPO, rel, "out", "toy", "CoOp", "CA", "tiny_1shots", "seed1")
+    assert _lines(cmds)[0].startswith(f"{run} {python} train.py --output-dir {run} "
+                                      f"--root {os.path.join(REPO, rel, 'data')} ")
+    array, table = _lines(tmp_path / "sbatch.txt")
+    assert "--signal=B:USR1@45 " in array
+    exported = f"PYTHON={python} DATA={os.path.join(REPO, rel, 'data')} OUTPUT={os.path.join(REPO, rel, 'out')}"
+    assert _lines(tmp_path / "sbatch_env.txt") == [exported, exported]  # for the tasks and the table job
+
+    (tmp_path / "out").rename(tmp_path / "out1")
+    defaults = {k: v for k, v in stub.items() if k not in ("PYTHON", "DATA")}  # the scripts' own defaults
+    done = _coop(dict(defaults, SLURM_SIGNAL_SECS="0"))  # no warning, so no requeue at the time limit
+    assert done.returncode == 0 and "--signal" not in _lines(tmp_path / "sbatch.txt")[2]
+    assert _lines(tmp_path / "sbatch_env.txt")[2].startswith(f"PYTHON={python} DATA={os.path.join(REPO, 'data')} ")
+    done = _coop(dict(stub, SLURM_SIGNAL_SECS="1m"))
+    assert done.returncode == 2 and "SLURM_SIGNAL_SECS is '1m'" in done.stderr
+
+
+def test_base2new_test_cells_wait_for_queued_training_tasks(stub, tmp_path):
+    stub.update(SHOTS="16", SEEDS="1 2 3")
+    train = tmp_path / "out" / "base2new" / "train_base" / "toy" / "shots_16" / "SoftCPT" / "NATA" / "tiny"
+    for seed, task in ((1, "90_1"), (2, "90_2")):
+        os.makedirs(train / f"seed{seed}")
+        (train / f"seed{seed}" / "slurm_job").write_text(task + "\n")
+    (tmp_path / "queue").write_text("90_1\n")  # seed 1 still training; seed 2's task ended, unfinished
+    os.makedirs(train / "seed3")
+    (train / "seed3" / "done").touch()
+    done = subprocess.run(["bash", "scripts/softcpt/base2new_test.sh"], cwd=REPO, env=stub, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    array, table = _lines(tmp_path / "sbatch.txt")
+    assert "--array=1-2 " in array and "--dependency=afterok:90_1 --kill-on-invalid-dep=yes " in array
+    assert "--dependency=afterany:101 " in table
+    assert f"submit {str(train).replace('train_base', 'test_new')}/seed1 (after Slurm job 90_1)" in done.stdout
+    assert f"seed2 (needs the finished run {train}/seed2)" in done.stderr  # nothing would finish it
+    cmds = _lines(glob.glob(str(tmp_path / "out" / "base2new" / "slurm" / "*.cmds"))[0])
+    assert [c.split()[0].rsplit("/", 1)[1] for c in cmds] == ["seed1", "seed3"]
+
+
+# Stands in for train.py in the task script's signal handling: saves an "epoch" when
+# $SAVE is set, then trains until SIGTERM, which it reports like train.py (exit 143).
+FAKE_TRAIN = """#!/bin/bash
+if [ "$1" = -c ]; then [ -n "${{BROKEN_ON_NODE:-}}" ] && echo "Dassl (ModuleNotFoundError: No module named 'dassl')"; exit 0; fi
+while [ $# -gt 0 ]; do case "$1" in --output-dir) out=$2 ;; esac; shift; done
+trap 'echo "stopped by signal SIGTERM"; exit 143' TERM
+mkdir -p "$out/prompt_learner"
+if [ -n "${{SAVE:-}}" ]; then touch "$out/prompt_learner/model.pth.tar-1"; fi
+echo "training $out"
+echo started > "$out/started"
+sleep 60 & wait
+"""
+FAKE_SCONTROL = """#!/bin/bash
+echo "$*" >> "$STUB/scontrol.txt"
+"""
+
+
+def _task(tmp_path, **env) -> tuple[subprocess.Popen, str]:
+    """scripts/slurm/task.sh on a one-line command file, as Slurm starts it (job 77_1, id 78)."""
+    for name, text in (("train", FAKE_TRAIN.format()), ("scontrol", FAKE_SCONTROL)):
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    run = tmp_path / "run"
+    (tmp_path / "task.cmds").write_text(f"{run} {tmp_path / 'bin' / 'train'} train.py --output-dir {run}\n")
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", STUB=str(tmp_path),
+               SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_JOB_ID="77", SLURM_JOB_ID="78", **env)
+    proc = subprocess.Popen(["bash", "scripts/slurm/task.sh", str(tmp_path / "task.cmds")], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, str(run)
+
+
+def _started(proc, run: str) -> None:
+    deadline = time.time() + 20
+    while not os.path.exists(os.path.join(run, "started")):
+        assert proc.poll() is None and time.time() < deadline, "the run did not start"
+        time.sleep(0.05)
+
+
+def _read(path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def test_task_stops_its_run_and_requeues_itself_before_the_time_limit(stub, tmp_path):
+    proc, run = _task(tmp_path, SAVE="1")
+    _started(proc, run)
+    proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@SECS sends
+    assert proc.wait(timeout=20) == 0
+    log = _read(os.path.join(run, "slurm-77_1.out"))
+    assert "stopped by signal SIGTERM" in log  # the run was stopped cleanly
+    assert "the time limit is near (SIGUSR1): run stopped (exit code 143); requeueing job 78" in log
+    assert _lines(tmp_path / "scontrol.txt") == ["requeue 78"]
+
+
+def test_task_is_not_requeued_without_progress_or_after_scancel(stub, tmp_path):
+    os.makedirs(tmp_path / "run" / "prompt_learner")
+    old = tmp_path / "run" / "prompt_learner" / "model.pth.tar-1"
+    old.touch()
+    os.utime(old, (time.time() - 3600,) * 2)  # from an earlier allocation
+    proc, run = _task(tmp_path)
+    _started(proc, run)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=20) == 1
+    log = _read(os.path.join(run, "slurm-77_1.out"))
+    assert "this allocation saved no checkpoint: not requeued" in log and "a longer -t" in log
+    assert not (tmp_path / "scontrol.txt").exists()
+
+    os.remove(os.path.join(run, "started"))
+    proc, run = _task(tmp_path, SAVE="1")
+    _started(proc, run)
+    proc.send_signal(signal.SIGTERM)  # scancel
+    assert proc.wait(timeout=20) == 143
+    assert "not requeued; run the same sweep command again" in _read(os.path.join(run, "slurm-77_1.out"))
+    assert not (tmp_path / "scontrol.txt").exists()
+
+
+def test_task_checks_imports_on_its_node_and_names_it(stub, tmp_path):
+    proc, run = _task(tmp_path, BROKEN_ON_NODE="1")
+    assert proc.wait(timeout=20) == 3
+    log = _read(os.path.join(run, "slurm-77_1.out"))
+    assert f"[task] error on node {socket.gethostname()}: {tmp_path / 'bin' / 'train'} cannot import: Dassl " \
+           "(ModuleNotFoundError" in log
+    assert "scripts/setup.sh" in log and "training" not in log  # the run was not started
+
+
 # ---------------------------------------------------------------- a real Slurm
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A running single-node Slurm; SLURM_CONF points at it while the module's tests run."""
     why = _why_no_cluster()
     if why:
-        pytest.skip(why)
+        pytest.skip(f"{SLURM_REASON}: {why}")  # a failure under SOFTCPT_REQUIRE_DASSL
     state = str(tmp_path_factory.mktemp("slurm"))
     started = subprocess.run(["bash", CLUSTER, "start", state], capture_output=True, text=True, timeout=120)
     conf = os.path.join(state, "slurm.conf")
@@ -158,6 +300,27 @@ def slurm(tmp_path_factory):
                 os.environ.pop("SLURM_CONF", None)
             else:
                 os.environ["SLURM_CONF"] = old
+
+
+# Makes this machine look like one without root to the pytest it is put in front of.
+NOT_ROOT = "import os\nos.geteuid = lambda: 1000\n"
+
+
+def test_in_ci_a_slurm_test_that_cannot_run_fails(tmp_path):
+    """Without root the cluster test skips; with SOFTCPT_REQUIRE_DASSL=1 it fails, saying why."""
+    (tmp_path / "sitecustomize.py").write_text(NOT_ROOT)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env.pop("SOFTCPT_REQUIRE_DASSL", None)  # CI sets it for the suite around this test
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "tests/test_slurm.py::test_slurm_sweep_submits_only_what_is_not_done_or_queued"]
+    lenient = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert lenient.returncode == 0 and "1 skipped" in lenient.stdout, lenient.stdout
+    assert f"1 skipped because {SLURM_REASON}" in lenient.stdout
+    strict = subprocess.run(cmd, cwd=REPO, env=dict(env, SOFTCPT_REQUIRE_DASSL="1"),
+                            capture_output=True, text=True, timeout=300)
+    # the cluster fixture's skip becomes a failure of the test's set-up: pytest says "error"
+    assert strict.returncode == 1 and "1 error" in strict.stdout and "skipped" not in strict.stdout
+    assert "a local Slurm needs root" in strict.stdout and "SOFTCPT_REQUIRE_DASSL is set" in strict.stdout
 
 
 def _slurm(*cmd: str) -> str:
@@ -198,7 +361,7 @@ def test_slurm_sweep_submits_only_what_is_not_done_or_queued(slurm, tmp_path):
                PYTHON=os.environ.get("PYTHON", "python3"))
     cmd = ["bash", "scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1"]
     runs = out / "toy" / "SoftCPT" / "NATA"
-    cells = [runs / f"tiny_{k}shots" / f"seed{s}" for k in (1, 2) for s in (1, 2)]
+    cells = [runs / f"tiny_{k}shots_OPTIM.MAX_EPOCH-1" / f"seed{s}" for k in (1, 2) for s in (1, 2)]
 
     def submit() -> subprocess.CompletedProcess:
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -232,8 +395,8 @@ def test_slurm_sweep_submits_only_what_is_not_done_or_queued(slurm, tmp_path):
     assert (cells[0] / f"slurm-{array}_1.out").is_file()  # the task's log, in its run folder
     table = _table_out(out, 1)
     assert "3 run(s) finished, 0 still queued or running, 1 failed." in table
-    assert f"tiny_1shots/seed2 (Slurm job {array}_2 never started" in table
-    assert "| SoftCPT/NATA | tiny |" in table and "(1/2 seeds)" in table
+    assert f"tiny_1shots_OPTIM.MAX_EPOCH-1/seed2 (Slurm job {array}_2 never started" in table
+    assert "| SoftCPT/NATA OPTIM.MAX_EPOCH=1 | tiny |" in table and "(1/2 seeds)" in table
 
     third = submit()  # after the jobs ended: only the cancelled cell
     assert third.stdout.count("[sweep] submit ") == 1 and f"submit {cells[1]}" in third.stdout
@@ -250,3 +413,125 @@ def test_slurm_sweep_submits_only_what_is_not_done_or_queued(slurm, tmp_path):
     assert "[sweep] submit " not in last.stdout and not _jobs()
     assert "0 run(s) ran, 4 skipped as finished, 0 failed." in last.stdout
     assert last.stdout[last.stdout.index("## toy"):] == table[table.index("## toy"):]
+
+
+def _hurry_requeued(seconds: float) -> None:
+    """Slurm holds a requeued job for two minutes (its BeginTime); start it at once instead."""
+    for line in _slurm("squeue", "-h", "-r", "-t", "PENDING", "-o", "%A %r").splitlines():
+        job, reason = line.split(maxsplit=1)
+        if reason.strip() == "BeginTime":
+            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True,
+                           timeout=60)
+
+
+@needs_dassl
+def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(slurm, tmp_path):
+    """-t 2 with the warning 30 s before it (Slurm sends it 30-60 s early): each allocation
+    trains 60-90 s of a run that needs three minutes or more; the task stops its run and
+    requeues itself until the run is done, with the results of one uninterrupted run."""
+    epochs = 60
+    opts = ["OPTIM.MAX_EPOCH", str(epochs)]
+    env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="16", SEEDS="1",
+               SKIP_SETUP="1", LAUNCHER="slurm", SLURM_ARGS="-t 2", SLURM_SIGNAL_SECS="30",
+               OMP_NUM_THREADS="1", PYTHON=os.environ.get("PYTHON", "python3"))
+    done = subprocess.run(["bash", "scripts/softcpt/main.sh", "toy", "tiny", "NATA", *opts], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = tmp_path / "out" / "toy" / "SoftCPT" / "NATA" / f"tiny_16shots_OPTIM.MAX_EPOCH-{epochs}" / "seed1"
+    # The same run in one go, meanwhile (one thread each, so the arithmetic is the same).
+    reference = subprocess.Popen(
+        [env["PYTHON"], "train.py", "--output-dir", str(tmp_path / "reference"), "--root", str(tmp_path / "ref_data"),
+         "--seed", "1", "--trainer", "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml",
+         "--config-file", "configs/trainers/SoftCPT/tiny.yaml", "DATASET.NUM_SHOTS", "16",
+         "TRAINER.SOFTCPT.VARIANT", "NATA", *opts], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 900
+        while _jobs():
+            assert time.time() < deadline, f"still queued: {_jobs()}"
+            _hurry_requeued(1)
+            time.sleep(1)
+        assert reference.wait(timeout=600) == 0
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+    log = _read(next(run.glob("slurm-*_1.out")))
+    requeues = log.count("the time limit is near (SIGUSR1): run stopped")
+    assert requeues >= 1 and f"start {requeues + 1}" in log, log[-3000:]
+    assert (run / "done").is_file(), log[-3000:]
+    assert "not requeued" not in log and "DUE TO TIME LIMIT" not in log
+    ours, theirs = (json.loads((d / "results.json").read_text()) for d in (run, tmp_path / "reference"))
+    assert ours["epoch"] == epochs
+    assert (ours["score"], ours["tasks"]) == (theirs["score"], theirs["tasks"])
+    import torch
+    final = f"prompt_learner/model.pth.tar-{epochs}"
+    a, b = (torch.load(d / final, map_location="cpu", weights_only=False)["state_dict"]
+            for d in (run, tmp_path / "reference"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_dassl
+def test_slurm_base2new_tests_wait_for_their_training_tasks_whatever_sbatch_export_says(slurm, tmp_path):
+    """Both steps submitted at once, as a site with SBATCH_EXPORT=NONE, relative DATA and
+    OUTPUT, and the interpreter as a bare word: the test array starts after the training
+    tasks (afterok) and the table has base, new and H."""
+    rel = os.path.relpath(tmp_path, REPO)
+    python = shutil.which(os.environ.get("PYTHON", "python3"))
+    env = dict(os.environ, OUTPUT=f"{rel}/out", DATA=f"./{rel}/data", SHOTS="1", SEEDS="1 2", SKIP_SETUP="1",
+               LAUNCHER="slurm", SLURM_ARGS="--time=20", OMP_NUM_THREADS="1", SBATCH_EXPORT="NONE",
+               PATH=f"{os.path.dirname(python)}:{os.environ['PATH']}", PYTHON=os.path.basename(python))
+    args = ["toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1"]
+    _node("drain")  # nothing starts before both are submitted
+    try:
+        submitted = {}
+        for step in ("train", "test"):
+            done = subprocess.run(["bash", f"scripts/softcpt/base2new_{step}.sh", *args], cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            submitted[step] = done.stdout
+        train_array = submitted["train"].split("as Slurm job array ")[1].split()[0]
+        test_array = submitted["test"].split("as Slurm job array ")[1].split()[0]
+        assert f"(after Slurm job {train_array}_1)" in submitted["test"]
+        show = _slurm("scontrol", "show", "job", test_array)
+        assert f"Dependency=afterok:{train_array}_1" in show and f"afterok:{train_array}_2" in show
+        cmds = _lines(glob.glob(str(tmp_path / "out" / "base2new" / "slurm" / "*.cmds"))[0])
+        assert cmds[0].split()[1] == python  # resolved at submission
+    finally:
+        _node("resume")
+    _wait_for_empty_queue()
+    b2n = tmp_path / "out" / "base2new"
+    for split in ("train_base", "test_new"):
+        for seed in (1, 2):
+            run = b2n / split / "toy" / "shots_1" / "SoftCPT" / "NATA" / "tiny_OPTIM.MAX_EPOCH-1" / f"seed{seed}"
+            assert (run / "done").is_file(), split
+    tables = sorted(glob.glob(str(b2n / "slurm" / "*-table-*.out")), key=lambda p: int(p.rsplit("-", 1)[1][:-4]))
+    table = _read(tables[-1])
+    assert "2 run(s) finished, 0 still queued or running, 0 failed." in table
+    assert "| toy | SoftCPT/NATA OPTIM.MAX_EPOCH=1 | tiny | 1 |" in table  # the base-to-new row, with H
+
+
+@needs_dassl
+def test_slurm_task_checks_imports_on_its_own_node(slurm, tmp_path):
+    """An interpreter that imports everything where the sweep is submitted but lacks Dassl
+    inside Slurm jobs: the task says so, naming its node, and runs nothing."""
+    python = shutil.which(os.environ.get("PYTHON", "python3"))
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"""#!/bin/bash
+if [ -n "${{SLURM_JOB_ID:-}}" ] && [ "$1" = -c ]; then echo "Dassl (ModuleNotFoundError: no dassl here)"; exit 0; fi
+exec {python} "$@"
+""")
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, OUTPUT=str(out), DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1", SKIP_SETUP="1",
+               LAUNCHER="slurm", SLURM_ARGS="--time=20", PYTHON=str(wrapper))
+    done = subprocess.run(["bash", "scripts/coop/main.sh", "toy", "tiny", "CA"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _wait_for_empty_queue()
+    run = out / "toy" / "CoOp" / "CA" / "tiny_1shots" / "seed1"
+    log = _read(next(run.glob("slurm-*.out")))
+    node = _slurm("sinfo", "-h", "-o", "%n").split()[0]
+    assert f"[task] error on node {socket.gethostname()}: {wrapper} cannot import: Dassl" in log, log
+    assert socket.gethostname() == node or node in log
+    assert not (run / "log.txt").exists()  # train.py never started
+    assert "cannot import: Dassl" in _table_out(out, 1)  # the table job runs there too, and checks

@@ -1,4 +1,5 @@
-"""SoftCPT head on the tiny backbone against a plain, step-by-step computation of docs/method.md.
+"""SoftCPT head on both test backbones (``tiny``; ``tiny-b16``, four heads and three layers)
+against a plain, step-by-step computation of docs/method.md.
 
 The reference below builds every prompt token by token and encodes it alone
 with the full 77-token causal transformer, as CLIP's ``encode_text`` does; it
@@ -14,6 +15,7 @@ from open_clip import tokenize
 
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
+from conftest import on_backbones  # noqa: E402
 from yacs.config import CfgNode as CN  # noqa: E402
 
 from datasets.task_info import TaskInfo  # noqa: E402
@@ -31,7 +33,11 @@ TASKS = TaskInfo(keys=("plants", "pets"), names=("plant disease", "pet breed"),
                  classnames=(("apple_scab", "healthy leaf", "rust"),
                              ("sea lion", "golden retriever", "cat", "hamster")),
                  metrics=("overall_acc", "mean_acc"))
-WIDTH = 64  # tiny CLIP token width
+
+
+def width(clip) -> int:
+    """The backbone's token width (64 for tiny, 256 for tiny-b16)."""
+    return clip.token_embedding.weight.shape[1]
 
 
 def softcpt_cfg(*opts) -> CN:
@@ -43,10 +49,10 @@ def softcpt_cfg(*opts) -> CN:
     return cfg
 
 
-def build(tiny_clip, *opts, seed=0):
+def build(clip, *opts, seed=0):
     torch.manual_seed(seed)
     cfg = softcpt_cfg(*opts)
-    return SoftCPTHead.from_cfg(cfg, tiny_clip, TASKS), resolve_variant(cfg).TRAINER.SOFTCPT
+    return SoftCPTHead.from_cfg(cfg, clip, TASKS), resolve_variant(cfg).TRAINER.SOFTCPT
 
 
 # ---------------------------------------------------------------- reference
@@ -75,7 +81,7 @@ def ref_encode(clip, prompt_and_eos):
 def ref_class_features(clip, head, node):
     """h_tj for every class of every task, task 1 first (docs/method.md#forward-pass, steps 1-3), not normalised."""
     P, Q, W = head.task_ctx, head.class_ctx, head.meta_net.weight  # W: (N_CTX*width, in)
-    n_ctx = W.shape[0] // WIDTH
+    n_ctx = W.shape[0] // width(clip)
     feats, j_global = [], 0
     for t, names in enumerate(TASKS.classnames):
         Pt = P[t] if P is not None and P.dim() == 3 else P
@@ -87,7 +93,7 @@ def ref_class_features(clip, head, node):
                 x = {"lin": torch.cat([g, f_t]), "linmean": (g + f_t) / 2, "lincls": g}[node.META_NET]
             else:
                 x = f_t
-            c = (x @ W.t()).reshape(n_ctx, WIDTH)  # row-major: outputs 1..width = first vector
+            c = (x @ W.t()).reshape(n_ctx, width(clip))  # row-major: outputs 1..width = first vector
             feats.append(ref_encode(clip, ref_prompt(clip, c, name, node.CLASS_TOKEN_POSITION)))
             j_global += 1
     return torch.stack(feats)
@@ -125,28 +131,37 @@ CASES = [("VARIANT", v) for v in VARIANTS] + [
 ]
 
 
+# tiny-b16 runs the cases whose text encoding differs (prefix path, class-aware prefix,
+# a context per class: plain path); the variants' own logic does not depend on the backbone.
+B16_CASES = ("NATA", "CATA", "CSTS-lincls")
+
+
+def case_id(case) -> str:
+    return "-".join(str(x) for x in case[1::2])
+
+
 def case_opts(case):
     return ["TRAINER.SOFTCPT." + case[0], case[1], *case[2:]]
 
 
 @pytest.fixture(scope="module")
-def batch(tiny_clip):
+def batch():
     g = torch.Generator().manual_seed(1)
     images = torch.randn(5, 3, 32, 32, generator=g)
     labels = torch.tensor([4, 0, 6, 2, 4])  # both tasks present
     return images, labels
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x) for x in c[1::2]))
-def test_logits_and_loss_match_the_spec(tiny_clip, batch, case):
+@pytest.mark.parametrize("any_clip, case", on_backbones(CASES, B16_CASES, case_id), indirect=["any_clip"])
+def test_logits_and_loss_match_the_spec(any_clip, batch, case):
     """Logits and loss == the step-by-step computation of docs/method.md (fp32, 1e-5), speed-ups on and off."""
     images, labels = batch
-    head, node = build(tiny_clip, *case_opts(case))
+    head, node = build(any_clip, *case_opts(case))
     with torch.no_grad():
-        ref_logits, ref_loss = ref_logits_and_loss(tiny_clip, head, node, images, labels)
+        ref_logits, ref_loss = ref_logits_and_loss(any_clip, head, node, images, labels)
         task_of_class = head.task_of_class
         for truncate in (True, False):
-            model = MultiTaskCLIP(tiny_clip, head, truncate_text=truncate)
+            model = MultiTaskCLIP(any_clip, head, truncate_text=truncate)
             logits = model(images)
             assert logits.shape == (5, 7)
             assert_close_rel(logits, ref_logits)
@@ -157,10 +172,10 @@ def test_logits_and_loss_match_the_spec(tiny_clip, batch, case):
 
 
 @pytest.mark.parametrize("variant", ["NATS", "CSTS"])
-def test_present_task_features_equal_all_task_features_sliced(tiny_clip, variant):
+def test_present_task_features_equal_all_task_features_sliced(any_clip, variant):
     """Class features for the present task only == all-task features sliced; same loss and grads."""
-    head, _ = build(tiny_clip, "TRAINER.SOFTCPT.VARIANT", variant)
-    model = MultiTaskCLIP(tiny_clip, head)
+    head, _ = build(any_clip, "TRAINER.SOFTCPT.VARIANT", variant)
+    model = MultiTaskCLIP(any_clip, head)
     images = torch.randn(3, 3, 32, 32)
     labels = torch.tensor([5, 3, 6])  # task 1 only
     task_of_class = head.task_of_class
@@ -188,14 +203,14 @@ def test_present_task_features_equal_all_task_features_sliced(tiny_clip, variant
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_parameter_shapes_and_what_learns(tiny_clip, variant):
-    head, node = build(tiny_clip, "TRAINER.SOFTCPT.VARIANT", variant)
-    D, T, C = 32, 2, 7
+def test_parameter_shapes_and_what_learns(any_clip, variant):
+    head, node = build(any_clip, "TRAINER.SOFTCPT.VARIANT", variant)
+    D, T, C, W = any_clip.text_projection.shape[1], 2, 7, width(any_clip)
     shapes = {n: tuple(p.shape) for n, p in head.named_parameters()}
-    expected = {"task_ctx": (T, 4, WIDTH) if node.TASK_CSC else (4, WIDTH),
-                "meta_net.weight": (16 * WIDTH, 2 * D if node.CSC else D)}
+    expected = {"task_ctx": (T, 4, W) if node.TASK_CSC else (4, W),
+                "meta_net.weight": (16 * W, 2 * D if node.CSC else D)}
     if node.CSC:
-        expected["class_ctx"] = (C, 4, WIDTH) if node.CLASS_CSC else (4, WIDTH)
+        expected["class_ctx"] = (C, 4, W) if node.CLASS_CSC else (4, W)
     assert shapes == expected
     assert all(p.requires_grad for p in head.parameters())
     # Only what is learned is saved: no CLIP weights, no prompt embeddings.
@@ -206,29 +221,29 @@ def test_parameter_shapes_and_what_learns(tiny_clip, variant):
     assert 0.015 < std < 0.025 and head.meta_net.bias is None
 
 
-def test_clip_stays_frozen_and_freeze_cls_prompt(tiny_clip):
-    head, _ = build(tiny_clip, "TRAINER.SOFTCPT.VARIANT", "CSTA",
+def test_clip_stays_frozen_and_freeze_cls_prompt(any_clip):
+    head, _ = build(any_clip, "TRAINER.SOFTCPT.VARIANT", "CSTA",
                     "TRAINER.SOFTCPT.FREEZE_CLS_PROMPT", True)
-    model = MultiTaskCLIP(tiny_clip, head)
+    model = MultiTaskCLIP(any_clip, head)
     labels = torch.tensor([0, 4])
     loss = multitask_loss(model(torch.randn(2, 3, 32, 32)), labels,
                           head.task_of_class[labels], head.task_of_class)
     loss.backward()
     assert not head.class_ctx.requires_grad and head.class_ctx.grad is None
     assert head.task_ctx.grad.abs().sum() > 0 and head.meta_net.weight.grad.abs().sum() > 0
-    assert all(not p.requires_grad and p.grad is None for p in tiny_clip.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in any_clip.parameters())
 
 
-def test_ctx_init_words_set_the_counts(tiny_clip):
-    head, _ = build(tiny_clip, "TRAINER.SOFTCPT.VARIANT", "CATS",
+def test_ctx_init_words_set_the_counts(any_clip):
+    head, _ = build(any_clip, "TRAINER.SOFTCPT.VARIANT", "CATS",
                     "TRAINER.SOFTCPT.TASK_CTX_INIT", "a task of",
                     "TRAINER.SOFTCPT.CLASS_CTX_INIT", "a photo of a",
                     "TRAINER.SOFTCPT.CTX_INIT", "a photo of")
-    words = tiny_clip.token_embedding(tokenize(["a task of"]))[0, 1:4]
-    assert head.task_ctx.shape == (2, 3, WIDTH)
+    words = any_clip.token_embedding(tokenize(["a task of"]))[0, 1:4]
+    assert head.task_ctx.shape == (2, 3, width(any_clip))
     torch.testing.assert_close(head.task_ctx.data[1], words)
-    assert head.class_ctx.shape == (4, WIDTH)
-    assert head.meta_net.out_features == 3 * WIDTH  # N_CTX = 3 tokens of "a photo of"
+    assert head.class_ctx.shape == (4, width(any_clip))
+    assert head.meta_net.out_features == 3 * width(any_clip)  # N_CTX = 3 tokens of "a photo of"
 
 
 # ------------------------------------------------------------------ config

@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+# Every test trains or evaluates through train.main: the full tier.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 from fixtures_data import write_image_folder  # noqa: E402

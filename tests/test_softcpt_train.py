@@ -150,6 +150,7 @@ def learn(clip_model, seed: int, steps: int = 60):
     return before, accuracy(), losses
 
 
+@pytest.mark.slow  # trains for many steps, twice
 def test_learns_a_two_task_problem_reproducibly(tiny_clip):
     before, after, losses = learn(tiny_clip, seed=0)
     chance = (3 / 5) * (1 / 3) + (2 / 5) * (1 / 2)

@@ -1,4 +1,5 @@
-"""The shared text encoder and prompt builder against plain CLIP computations."""
+"""The shared text encoder and prompt builder against plain CLIP computations, on both test
+backbones (``tiny``: one head, two layers; ``tiny-b16``: four heads, three layers)."""
 from __future__ import annotations
 
 import pytest
@@ -10,23 +11,27 @@ from trainers.text_encoder import TextEncoder
 NAMES = ["dog", "sea_lion", "golden retriever puppy", "a"]
 
 
-def test_encoder_on_plain_tokens_equals_clip_encode_text(tiny_clip):
+def width(clip) -> int:
+    return clip.token_embedding.weight.shape[1]
+
+
+def test_encoder_on_plain_tokens_equals_clip_encode_text(any_clip):
     """TextEncoder(token_embedding(ids)) == CLIP's own encode_text(ids)."""
     ids = tokenize([f"a photo of a {n}." for n in NAMES])
     with torch.no_grad():
-        ours = TextEncoder(tiny_clip)(tiny_clip.token_embedding(ids), ids.argmax(-1))
-        ref = tiny_clip.encode_text(ids)
+        ours = TextEncoder(any_clip)(any_clip.token_embedding(ids), ids.argmax(-1))
+        ref = any_clip.encode_text(ids)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_truncation_is_exact(tiny_clip):
+def test_truncation_is_exact(any_clip):
     """EOS-truncated encoding == full 77-token encoding (fp32, 1e-5)."""
-    builder = PromptBuilder(NAMES, 4, tiny_clip.token_embedding)
-    ctx = init_context(4, 64)
+    builder = PromptBuilder(NAMES, 4, any_clip.token_embedding)
+    ctx = init_context(4, width(any_clip))
     prompts, eot = builder(ctx)
     with torch.no_grad():
-        cut = TextEncoder(tiny_clip, truncate=True)(prompts, eot)
-        full = TextEncoder(tiny_clip, truncate=False)(prompts, eot)
+        cut = TextEncoder(any_clip, truncate=True)(prompts, eot)
+        full = TextEncoder(any_clip, truncate=False)(prompts, eot)
     torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
 
 
@@ -45,50 +50,51 @@ def naive_prompt(builder_names, ctx, clip_model, position, name_index):
 
 
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
-def test_batched_build_equals_per_name_loop(tiny_clip, position):
+def test_batched_build_equals_per_name_loop(any_clip, position):
     """Batched prompt build == per-class loop, for every class-token position."""
-    builder = PromptBuilder(NAMES, 5, tiny_clip.token_embedding, position)
-    ctx = torch.randn(len(NAMES), 5, 64)
+    builder = PromptBuilder(NAMES, 5, any_clip.token_embedding, position)
+    ctx = torch.randn(len(NAMES), 5, width(any_clip))
     with torch.no_grad():
         prompts, eot = builder(ctx)
         for i in range(len(NAMES)):
-            assert torch.equal(prompts[i], naive_prompt(NAMES, ctx[i], tiny_clip, position, i))
+            assert torch.equal(prompts[i], naive_prompt(NAMES, ctx[i], any_clip, position, i))
     assert eot.tolist() == [1 + 5 + num_tokens(n.replace("_", " ")) + 1 for n in NAMES]
 
 
-def test_rows_select_names_and_shared_context_broadcasts(tiny_clip):
-    builder = PromptBuilder(NAMES, 3, tiny_clip.token_embedding, "middle")
-    ctx = torch.randn(3, 64)
+def test_rows_select_names_and_shared_context_broadcasts(any_clip):
+    builder = PromptBuilder(NAMES, 3, any_clip.token_embedding, "middle")
+    ctx = torch.randn(3, width(any_clip))
     all_prompts, all_eot = builder(ctx)
     rows = torch.tensor([2, 0])
     some, eot = builder(ctx, rows)
     assert torch.equal(some, all_prompts[rows]) and torch.equal(eot, all_eot[rows])
 
 
-def test_zero_context_is_the_plain_name_prompt(tiny_clip):
-    builder = PromptBuilder(["plant disease"], 0, tiny_clip.token_embedding)
+def test_zero_context_is_the_plain_name_prompt(any_clip):
+    builder = PromptBuilder(["plant disease"], 0, any_clip.token_embedding)
     prompts, eot = builder()
     with torch.no_grad():
-        assert torch.equal(prompts[0], tiny_clip.token_embedding(tokenize(["plant disease."]))[0])
+        assert torch.equal(prompts[0], any_clip.token_embedding(tokenize(["plant disease."]))[0])
 
 
-def test_gradient_reaches_the_context(tiny_clip):
-    ctx = init_context(4, 64).requires_grad_()
-    prompts, eot = PromptBuilder(NAMES, 4, tiny_clip.token_embedding, "front")(ctx)
-    TextEncoder(tiny_clip)(prompts, eot).sum().backward()
+def test_gradient_reaches_the_context(any_clip):
+    ctx = init_context(4, width(any_clip)).requires_grad_()
+    prompts, eot = PromptBuilder(NAMES, 4, any_clip.token_embedding, "front")(ctx)
+    TextEncoder(any_clip)(prompts, eot).sum().backward()
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
 
 
-def test_context_initialisation(tiny_clip):
-    words = embed_words("a photo of a", tiny_clip.token_embedding)
-    assert words.shape == (4, 64)
-    grouped = init_context(0, 64, groups=3, words="a photo of a", token_embedding=tiny_clip.token_embedding)
-    assert grouped.shape == (3, 4, 64) and torch.equal(grouped[2], words)
+def test_context_initialisation(any_clip):
+    words = embed_words("a photo of a", any_clip.token_embedding)
+    assert words.shape == (4, width(any_clip))
+    grouped = init_context(0, width(any_clip), groups=3, words="a photo of a",
+                           token_embedding=any_clip.token_embedding)
+    assert grouped.shape == (3, 4, width(any_clip)) and torch.equal(grouped[2], words)
     torch.manual_seed(0)
     random_ctx = init_context(16, 512, groups=2)
     assert random_ctx.shape == (2, 16, 512) and abs(random_ctx.std().item() - 0.02) < 1e-3
 
 
-def test_bad_position_names_the_choices(tiny_clip):
+def test_bad_position_names_the_choices(any_clip):
     with pytest.raises(ValueError, match="end.*middle.*front"):
-        PromptBuilder(NAMES, 4, tiny_clip.token_embedding, "centre")
+        PromptBuilder(NAMES, 4, any_clip.token_embedding, "centre")

@@ -1,125 +1,19 @@
-"""Files that appear whole or not at all, for everything a run writes.
+"""The project's atomic writer, under the name trainers/ and scripts/ import it by.
 
-A run can be killed at any instant (preemption, ``timeout``, out of memory).
-Writing a file in place can then leave it empty or truncated, and a resumed run
-or ``scripts/results.py`` would read garbage. ``atomic_write`` writes a
-temporary file in the same folder, flushes it to disk, then renames it over the
-target: a rename within one file system is atomic, so readers see the old file
-or the new one, never a mixture.
-
-Fault injection (for the tests that kill real runs): with
-``SOFTCPT_KILL_WRITE="<file name>:<n>:<stage>"`` the process SIGKILLs itself at
-the n-th write of a file with that base name, at ``stage`` ``partial`` (half the
-bytes are in the temporary file) or ``unrenamed`` (the temporary file is
-complete, the rename has not happened). Unset, it costs one dict lookup.
+It lives in the top-level leaf module ``atomic_files`` (atomic_files.py), which
+imports nothing of the project, so that ``datasets/`` (split and few-shot files)
+uses the same writer without importing ``trainers`` (the dependency only goes
+from trainers to datasets). Nothing is implemented here.
 """
-from __future__ import annotations
+import os  # noqa: F401  (tests patch trainers.atomic.os.replace, i.e. os.replace)
 
-import os
-import signal
-import tempfile
-from typing import BinaryIO, Callable, Union
-
-KILL_ENV = "SOFTCPT_KILL_WRITE"
-TEMP_SUFFIX = ".tmp"
-_writes: dict[str, int] = {}  # base name -> writes so far (fault injection only)
-
-
-def _file_mode() -> int:
-    """What ``open(path, "w")`` would give (mkstemp makes 0600 files)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_MODE = _file_mode()
-
-
-def atomic_write(path: str, data: Union[bytes, str]) -> None:
-    """Replace ``path`` by ``data`` so that it is never seen half written."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    _replace_with(path, lambda f: f.write(data))
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` through a temporary file and a rename, streamed (no copy in memory)."""
-    import torch
-
-    _replace_with(path, lambda f: torch.save(obj, f))
-
-
-def _replace_with(path: str, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temporary file next to ``path``, make it durable, rename it over."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            kill_at = _kill_stage(path)
-            if kill_at == "partial":
-                f.flush()
-                f.truncate(f.tell() // 2)
-                _die(f)
-            f.flush()
-            os.fsync(f.fileno())
-            if kill_at == "unrenamed":
-                _die(f)
-        os.chmod(tmp, _MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_folder(folder)
-
-
-def remove_stale_temps(folder: str) -> list[str]:
-    """Delete temporary files a killed run left in ``folder``; returns their paths."""
-    removed = []
-    if not os.path.isdir(folder):
-        return removed
-    for name in os.listdir(folder):
-        if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-            path = os.path.join(folder, name)
-            try:
-                os.unlink(path)
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _kill_stage(path: str) -> str:
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return ""
-    name, count, stage = spec.rsplit(":", 2)
-    base = os.path.basename(path)
-    if base != name:
-        return ""
-    _writes[base] = _writes.get(base, 0) + 1
-    return stage if _writes[base] == int(count) else ""
-
-
-def _die(f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    os.kill(os.getpid(), signal.SIGKILL)
+from atomic_files import (  # noqa: F401
+    KILL_ENV,
+    TEMP_SUFFIX,
+    atomic_folder,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_stream,
+    file_mode,
+    remove_stale_temps,
+)

@@ -19,7 +19,6 @@ from dassl.engine import TrainerX
 from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.task_info import TaskInfo, task_info_of
@@ -28,7 +27,7 @@ from trainers import feature_cache
 from trainers.atomic import atomic_write
 from trainers.backbone import load_clip, resolve_precision
 from trainers.checkpoint import CheckpointError
-from trainers.config import effective_config
+from trainers.config import ConfigError, effective_config
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
 from trainers.text_encoder import TextEncoder
@@ -51,6 +50,27 @@ class PromptHead(nn.Module):
     # trained on: loading them elsewhere fails with a clear message.
     per_class_keys: tuple[str, ...] = ()
     per_task_keys: tuple[str, ...] = ()
+    # The learned contexts (parameter names): stored in fp16 under PARAM_DTYPE fp16.
+    # Meta networks are not listed: they stay fp32, as in the official code.
+    context_keys: tuple[str, ...] = ()
+
+
+def apply_param_dtype(head: PromptHead, param_dtype: str, key: str = "PARAM_DTYPE") -> list[str]:
+    """Store ``head``'s learned contexts in ``param_dtype`` (``fp32`` or ``fp16``), in place,
+    before the optimizer is built, so SGD and its momentum run in that dtype. Returns the
+    names of the parameters cast (docs/method.md#differences-from-the-official-code)."""
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+    if param_dtype not in dtypes:
+        raise ConfigError(f"{key} is {param_dtype!r}; allowed: {sorted(dtypes)} "
+                          "(docs/method.md#differences-from-the-official-code).")
+    params = dict(head.named_parameters())
+    cast = [k for k in head.context_keys if k in params]
+    for name in cast:
+        params[name].data = params[name].data.to(dtypes[param_dtype])
+    if param_dtype != "fp32" and not cast:
+        logger.warning("PARAM_DTYPE %s: %s lists no context_keys, so every parameter stays fp32.",
+                       param_dtype, type(head).__name__)
+    return cast
 
 
 class MultiTaskCLIP(nn.Module):
@@ -127,6 +147,11 @@ class MultiTaskPromptTrainer(TrainerX):
         clip_model = load_clip(backbone.NAME, backbone.PRETRAINED_TAG, self.precision, self.device,
                                pretrained=backbone.PRETRAINED)
         head = self.build_head(clip_model, self.task_info).to(self.device)
+        self.param_dtype = self.tcfg.get("PARAM_DTYPE", "fp32")
+        cast = apply_param_dtype(head, self.param_dtype, f"TRAINER.{self.TRAINER_KEY}.PARAM_DTYPE")
+        if cast and self.param_dtype != "fp32":
+            logger.info("PARAM_DTYPE %s: %s stored and updated by SGD in %s", self.param_dtype,
+                        ", ".join(cast), self.param_dtype)
         self.model = MultiTaskCLIP(clip_model, head, self.tcfg.TRUNCATE_TEXT, self.tcfg.LENGTH_BUCKETS,
                                    self.tcfg.SHARED_PREFIX).to(self.device)
         self.task_of_class = torch.tensor(self.task_info.task_of_class, device=self.device)
@@ -160,21 +185,21 @@ class MultiTaskPromptTrainer(TrainerX):
         return {"loss": loss.item(), "acc": 100.0 * acc.item()}
 
     def optimizer_steps(self, loss: torch.Tensor) -> None:
-        """Backward once, then STEPS_PER_BATCH optimizer steps on that gradient."""
-        steps = self.tcfg.STEPS_PER_BATCH
+        """Backward once, then STEPS_PER_BATCH optimizer steps on that gradient (fp32, fp16).
+
+        With amp (a GradScaler in ``self.scaler``): one scaled step per batch whatever
+        STEPS_PER_BATCH, as the official code, whose scaler steps the optimizer once;
+        the schedule still takes STEPS_PER_BATCH steps per epoch (``update_lr``).
+        """
         self.optim.zero_grad()
         if self.scaler is None:
             self.model_backward(loss)
-            for _ in range(steps):
+            for _ in range(self.tcfg.STEPS_PER_BATCH):
                 self.optim.step()
             return
         self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optim)  # unscales the gradient in place, skips it if not finite
-        grads = [p.grad for g in self.optim.param_groups for p in g["params"] if p.grad is not None]
-        if all(torch.isfinite(g).all() for g in grads):
-            for _ in range(steps - 1):
-                self.optim.step()
+        self.scaler.step(self.optim)  # unscales the gradient, skips the step if it is not finite
         self.scaler.update()
 
     def update_lr(self, names=None) -> None:
@@ -238,9 +263,8 @@ class MultiTaskPromptTrainer(TrainerX):
         TEST.FEATURE_CACHE is False or the transform is random.
         """
         wrapper = loader.dataset
-        # Same images, batch size and order as the loader, whatever its sampler.
-        ordered = DataLoader(wrapper, batch_size=loader.batch_size, shuffle=False,
-                             num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+        # Same images, batch size and order as the loader, whatever its sampler; its own generator.
+        ordered = feature_cache.ordered_loader(loader)
 
         def encode():
             for batch in tqdm(ordered, desc=f"encoding {split} images"):
@@ -269,9 +293,18 @@ class MultiTaskPromptTrainer(TrainerX):
                       split=split, epoch=self.epoch + 1 if self.epoch >= 0 else None,
                       subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
                       resumed_from_epoch=getattr(self, "resumed_from_epoch", None),
-                      effective_config=effective_config(cfg, run_keys=False))
+                      effective_config=effective_config(cfg, run_keys=False),
+                      **self.training_setting())
         name = "results.json" if split == "test" else f"results_{split}.json"
         atomic_write(osp.join(cfg.OUTPUT_DIR, name), json.dumps(report, indent=2))
+
+    def training_setting(self) -> dict:
+        """What results.json records of the precision and steps (scripts/results.py --paper
+        marks PARAM_DTYPE fp16 runs as the official training's reproduction)."""
+        node = self.tcfg
+        return {"prec": getattr(self, "precision", node.get("PREC")),
+                "param_dtype": node.get("PARAM_DTYPE", "fp32"),
+                "steps_per_batch": node.get("STEPS_PER_BATCH", 1)}
 
     # ------------------------------------------------------------ checkpoints
     def after_epoch(self) -> None:

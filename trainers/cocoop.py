@@ -64,6 +64,7 @@ class CoCoOpHead(PromptHead):
     """
 
     conditional = True
+    context_keys = ("ctx",)  # the meta networks stay fp32
 
     def __init__(self, task_info: TaskInfo, token_embedding: nn.Embedding, vis_dim: int,
                  n_ctx: int = 16, ctx_init: str = "") -> None:

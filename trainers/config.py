@@ -12,6 +12,8 @@ import yaml
 from yacs.config import CfgNode as CN
 
 PRECISIONS = ("fp16", "fp32", "amp")
+# Storage dtype of the learned contexts (docs/method.md#differences-from-the-official-code).
+PARAM_DTYPES = ("fp32", "fp16")
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,11 @@ def add_prompt_keys(node: CN) -> None:
     # plain training; the official SoftCPT code effectively used 3 (NA variants)
     # or 4 (class-aware variants), see docs/method.md#differences-from-the-official-code.
     node.STEPS_PER_BATCH = 1
+    # Storage of the learned contexts: fp32 (master weights; CLIP's precision is only
+    # used for the forward pass) or fp16 (stored and updated by SGD in fp16, as the
+    # official code and CoOp do under PREC fp16; meta networks stay fp32). fp16 with
+    # STEPS_PER_BATCH 3 or 4 reproduces the official training (docs/method.md).
+    node.PARAM_DTYPE = "fp32"
     # Exact speed-ups, each switchable so it can be measured (docs/method.md#speed-ups):
     # cut text sequences after the longest EOS of the batch;
     node.TRUNCATE_TEXT = True
@@ -102,6 +109,13 @@ def check_prompt_keys(node: CN, prefix: str) -> None:
     if node.PREC not in PRECISIONS:
         raise bad_value(f"{prefix}.PREC", node.PREC, f"one of {list(PRECISIONS)}")
     check_int(f"{prefix}.STEPS_PER_BATCH", node.STEPS_PER_BATCH, 1)
+    if node.get("PARAM_DTYPE", "fp32") not in PARAM_DTYPES:
+        raise bad_value(f"{prefix}.PARAM_DTYPE", node.PARAM_DTYPE,
+                        f"one of {list(PARAM_DTYPES)} (docs/method.md#differences-from-the-official-code)")
+    if node.get("PARAM_DTYPE", "fp32") == "fp16" and node.PREC == "amp":
+        raise ConfigError(f"{prefix}.PARAM_DTYPE fp16 does not go with {prefix}.PREC amp (amp's "
+                          "gradient scaler keeps fp32 parameters): use PREC fp16 with it, as the "
+                          "official code (docs/method.md#differences-from-the-official-code).")
     for key in ("TRUNCATE_TEXT", "SKIP_ABSENT_TASKS", "CACHE_EVAL_TEXT"):
         if not isinstance(node[key], bool):
             raise bad_value(f"{prefix}.{key}", node[key], "True or False")

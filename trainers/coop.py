@@ -79,6 +79,8 @@ class CoOpHead(PromptHead):
         class_token_position: ``end``, ``middle`` or ``front``.
     """
 
+    context_keys = ("ctx",)
+
     def __init__(self, task_info: TaskInfo, token_embedding: nn.Embedding, n_ctx: int = 16,
                  ctx_init: str = "", sharing: str = "task", csc: bool = False,
                  class_token_position: str = "end") -> None:

@@ -4,7 +4,9 @@ The prediction for a test image is the argmax over its own task's classes.
 For every task: overall accuracy, mean per-class accuracy, and the task's
 declared metric as its score; the benchmark score is the unweighted mean of the
 scores over tasks. ``* accuracy:`` carries that mean, so CoOp's
-``parse_test_res.py`` reads our logs too.
+``parse_test_res.py`` reads our logs too; ``* overall_metric:`` repeats it and
+every per-task line ends with ``metric: <x.xx>%``, as the original SoftCPT
+code's parsers expect (docs/benchmarks.md#log-lines).
 """
 from __future__ import annotations
 
@@ -42,6 +44,21 @@ def task_scores(y_true: np.ndarray, y_pred: np.ndarray, task_info: TaskInfo) -> 
         row["score"] = row[row["metric"]]
         out.append(row)
     return out
+
+
+def task_lines(row: dict) -> list[str]:
+    """The log lines of one task (docs/benchmarks.md#log-lines).
+
+    The first is the original SoftCPT code's per-task line: three tab-separated
+    fields, ending with the task's declared metric, the total without thousands
+    separators (its parsers read both as numbers). The second, which starts
+    with no ``*`` so that no ``* <keyword>:`` parser counts it, gives both
+    accuracies and names the declared metric.
+    """
+    return [f"* task: {row['task']} ({row['key']}: {row['name']})\ttotal: {row['total']}\t"
+            f"metric: {row['score']:.2f}%",
+            f"  task {row['task']} ({row['key']}): overall_acc {row['overall_acc']:.2f}%, "
+            f"mean_acc {row['mean_acc']:.2f}%; declared metric {row['metric']}"]
 
 
 @EVALUATOR_REGISTRY.register()
@@ -85,11 +102,9 @@ class MultiTaskClassification(EvaluatorBase):
         correct = int((y_true == y_pred).sum())
         lines = ["=> result"]
         for r in tasks:
-            lines.append(f"* task: {r['task']} ({r['key']}: {r['name']})\ttotal: {r['total']:,}\t"
-                         f"overall_acc: {r['overall_acc']:.2f}%\tmean_acc: {r['mean_acc']:.2f}%\t"
-                         f"score ({r['metric']}): {r['score']:.2f}%")
+            lines += task_lines(r)
         lines += [f"* total: {len(y_true):,}", f"* correct: {correct:,}",
-                  f"* accuracy: {mean:.2f}%",
+                  f"* accuracy: {mean:.2f}%", f"* overall_metric: {mean:.2f}%",
                   f"* overall_accuracy: {100.0 * correct / max(len(y_true), 1):.2f}%"]
         print("\n".join(lines))
         self.report = {"score": mean, "tasks": tasks, "total": int(len(y_true))}

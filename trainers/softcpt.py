@@ -10,6 +10,7 @@ checkpoints) is the shared ``MultiTaskPromptTrainer``.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from datasets.task_info import TaskInfo
+from trainers import interpret
 from trainers.base import MultiTaskPromptTrainer, PromptHead
 from trainers.config import ConfigError, add_prompt_keys, bad_value
 from trainers.prompt import POSITIONS, PromptBuilder, init_context, num_tokens
@@ -152,6 +154,8 @@ class SoftCPTHead(PromptHead):
         freeze_class_prompt: keep the class context at its initial value.
     """
 
+    context_keys = ("task_ctx", "class_ctx")  # G (meta_net) is not a context: it stays fp32
+
     def __init__(self, task_names: Sequence[str], classnames: Sequence[Sequence[str]],
                  token_embedding: nn.Embedding, embed_dim: int, n_ctx: int = 16,
                  class_token_position: str = "end", csc: bool = False, task_n_ctx: int = 4,
@@ -225,6 +229,22 @@ class SoftCPTHead(PromptHead):
             return self.class_prompts.encode(encoder, ctx, columns, groups=task_pos)  # h_tj: (C', D)
         return self.class_prompts.encode(encoder, ctx, columns)  # h_tj: (C', D)
 
+    @torch.no_grad()
+    def generated_contexts(self, encoder: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """What G generates for every task: ``(T, N_CTX, W)``, and per class ``(C, N_CTX, W)``
+        for the class-aware variants (None otherwise), whose per-task context is then the
+        mean over the task's classes. Read by docs/method.md#task-transfer and
+        scripts/interpret_prompt.py."""
+        tasks = torch.arange(len(self.task_prompts), device=self.task_of_class.device)
+        f = self.task_features(encoder, tasks)  # (T, D)
+        if not self.csc:
+            return self.meta_net(f).view(-1, self.n_ctx, self.width).float(), None
+        columns = torch.arange(len(self.task_of_class), device=self.task_of_class.device)
+        x = self.meta_input(encoder, columns, f[self.task_of_class])
+        per_class = self.meta_net(x).view(-1, self.n_ctx, self.width).float()  # (C, N_CTX, W)
+        per_task = torch.stack([per_class[self.task_of_class == t].mean(0) for t in tasks.tolist()])
+        return per_task, per_class
+
     def task_features(self, encoder: nn.Module, tasks: torch.Tensor) -> torch.Tensor:
         """f_t = TextEncoder([SOS] P(t) <task name t> . [EOS]) for ``tasks``: (T', D), fp32."""
         ctx = self.task_ctx
@@ -276,9 +296,38 @@ class SoftCPT(MultiTaskPromptTrainer):
     def check_cfg(self, cfg: CN) -> None:
         check_softcpt_cfg(cfg.TRAINER.SOFTCPT)
 
+    def write_results(self, split: str) -> None:
+        """results.json, then (test split) the generated contexts and the task-similarity matrix."""
+        super().write_results(split)
+        if split == "test" and self.cfg.OUTPUT_DIR:
+            save_run_contexts(self)
+
     def build_head(self, clip_model: nn.Module, task_info: TaskInfo) -> PromptHead:
         node = self.tcfg
         logger.info("SoftCPT variant %s: CSC %s, TASK_CSC %s, CLASS_CSC %s, N_CTX %d, TASK_N_CTX %d,"
                     " CLASS_N_CTX %d, META_NET %s", node.VARIANT, node.CSC, node.TASK_CSC,
                     node.CLASS_CSC, node.N_CTX, node.TASK_N_CTX, node.CLASS_N_CTX, node.META_NET)
         return SoftCPTHead.from_cfg(self.cfg, clip_model, task_info)
+
+
+@torch.no_grad()
+def save_run_contexts(trainer: SoftCPT) -> None:
+    """``<OUTPUT_DIR>/generated_contexts.pt`` and ``task_similarity.{csv,png}`` (trainers/interpret.py).
+
+    Written after results.json: a failure here is a warning and loses no result.
+    """
+    cfg, info, head = trainer.cfg, trainer.task_info, trainer.model.head
+    per_task, _ = head.generated_contexts(trainer.model.text_encoder)
+    tasks = getattr(trainer.evaluator, "report", {}).get("tasks") or []
+    scores = [t["score"] for t in tasks] if len(tasks) == info.num_tasks else None
+    epoch = trainer.epoch + 1 if trainer.epoch >= 0 else None
+    path = os.path.join(cfg.OUTPUT_DIR, interpret.GENERATED_FILE)
+    interpret.save_generated(path, per_task, info.keys, info.names, scores, epoch, cfg.dump(),
+                             classnames=info.classnames, metrics=info.metrics, templates=info.templates)
+    try:
+        written = interpret.write_run_analysis(cfg.OUTPUT_DIR, interpret.load_generated(path))
+    except Exception as err:  # noqa: BLE001 - a picture must not fail a finished run
+        logger.warning("Task-similarity matrix not written (%s: %s); %s holds the contexts.",
+                       type(err).__name__, err, path)
+        return
+    logger.info("Generated contexts saved to %s%s", path, "".join(f", {p}" for p in written))

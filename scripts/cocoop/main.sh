@@ -8,7 +8,8 @@
 #              vit_b16_c4_ep10_batch1_ctxv1, rn50_c4_ep10_batch1_ctxv1
 #
 # Environment as scripts/softcpt/main.sh: SHOTS ("1 2 4 8 16"), SEEDS ("1 2 3"), DATA, OUTPUT.
-# Runs: $OUTPUT/<BENCHMARK>/CoCoOp/<CFG>_<K>shots/seed<S>.
+# KEY VALUE options name the run folders, as in scripts/softcpt/main.sh.
+# Runs: $OUTPUT/<BENCHMARK>/CoCoOp/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
 
@@ -18,5 +19,5 @@ shift $(($# < 2 ? $# : 2))
 SHOTS=${SHOTS:-"1 2 4 8 16"}
 SEEDS=${SEEDS:-"1 2 3"}
 
-sweep CoCoOp "$CFG" "$OUTPUT/$BENCHMARK/CoCoOp/${CFG}_{shots}shots/seed{seed}" "$@"
+sweep CoCoOp "$CFG" "$OUTPUT/$BENCHMARK/CoCoOp/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}" "$@"
 sweep_finish "$OUTPUT/$BENCHMARK"

@@ -8,10 +8,10 @@
 #   VARIANT    CA (default): one context per task; CS: one per class;
 #              MT: one context for every class of every task
 #   KEY VALUE  more options, e.g. TRAINER.COOP.N_CTX 4 TRAINER.COOP.CLASS_TOKEN_POSITION middle
-#              (they do not change the folder names: set OUTPUT to keep such runs apart)
+#              (they name the run folders: tiny_16shots_TRAINER.COOP.N_CTX-4_...)
 #
 # Environment as scripts/softcpt/main.sh: SHOTS ("1 2 4 8 16"), SEEDS ("1 2 3"), DATA, OUTPUT.
-# Runs: $OUTPUT/<BENCHMARK>/CoOp/<VARIANT>/<CFG>_<K>shots/seed<S>.
+# Runs: $OUTPUT/<BENCHMARK>/CoOp/<VARIANT>/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
 
@@ -28,5 +28,5 @@ case "$VARIANT" in
     MT) OPTS=(TRAINER.COOP.SHARING all TRAINER.COOP.CSC False) ;;
     *) echo "[sweep] error: CoOp VARIANT is '$VARIANT'; allowed: CA, CS, MT" >&2; exit 2 ;;
 esac
-sweep CoOp "$CFG" "$OUTPUT/$BENCHMARK/CoOp/$VARIANT/${CFG}_{shots}shots/seed{seed}" "${OPTS[@]}" "$@"
+sweep CoOp "$CFG" "$OUTPUT/$BENCHMARK/CoOp/$VARIANT/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}" "${OPTS[@]}" "$@"
 sweep_finish "$OUTPUT/$BENCHMARK"

@@ -8,7 +8,8 @@
 #
 # Environment as scripts/softcpt/main.sh: SHOTS ("1 2 4 8 16"), SEEDS ("1 2 3"), DATA, OUTPUT.
 # Uses the same few-shot images as the prompt learners for the same shots and seed.
-# Runs: $OUTPUT/<BENCHMARK>/LinearProbeCLIP/<CFG>_<K>shots/seed<S>.
+# KEY VALUE options name the run folders, as in scripts/softcpt/main.sh.
+# Runs: $OUTPUT/<BENCHMARK>/LinearProbeCLIP/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
 
@@ -18,5 +19,5 @@ shift $(($# < 2 ? $# : 2))
 SHOTS=${SHOTS:-"1 2 4 8 16"}
 SEEDS=${SEEDS:-"1 2 3"}
 
-sweep LinearProbeCLIP "$CFG" "$OUTPUT/$BENCHMARK/LinearProbeCLIP/${CFG}_{shots}shots/seed{seed}" "$@"
+sweep LinearProbeCLIP "$CFG" "$OUTPUT/$BENCHMARK/LinearProbeCLIP/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}" "$@"
 sweep_finish "$OUTPUT/$BENCHMARK"

@@ -3,20 +3,36 @@
 # array ends (afterany), runs the same sweep with LAUNCHER=report to print the summary,
 # the results table and the failed runs.
 #
-#   SLURM_ARGS        sbatch options for the array and the table job, e.g.
-#                     "-p gpu --gres=gpu:1 -t 2:00:00 -A myproject %8" (a bare %N lets at
-#                     most N tasks run at a time); words split on spaces
-#   SLURM_TABLE_ARGS  the table job's options instead (default SLURM_ARGS without %N)
+#   SLURM_ARGS         sbatch options for the array and the table job, e.g.
+#                      "-p gpu --gres=gpu:1 -t 2:00:00 -A myproject %8" (a bare %N lets at
+#                      most N tasks run at a time); words split on spaces
+#   SLURM_TABLE_ARGS   the table job's options instead (default: SLURM_ARGS without %N and
+#                      without its GPU requests, --gres, --gpus, -G, --gpus-per-*, ...)
+#   SLURM_SIGNAL_SECS  seconds before a task's time limit at which Slurm warns it (default
+#                      180): the task stops its run, which keeps its last complete epoch,
+#                      and requeues itself (scripts/slurm/task.sh); 0: no warning
+#
+# As on a real cluster, where tasks run on other nodes: PYTHON is an absolute path
+# (scripts/common.sh), DATA and OUTPUT are made absolute, and both jobs get --export=ALL
+# (whatever a site's SBATCH_EXPORT says), so a task sees the environment of the
+# submission. Each task checks its imports again on its node. A cell that needs another
+# run still queued in Slurm (base2new_test.sh needs its training run) makes the array wait
+# for that task (--dependency=afterok, --kill-on-invalid-dep=yes: if it fails, the array
+# is cancelled and the table job reports it).
 #
 # A submission writes <table root>/slurm/<stamp>.cmds (line i: task i's run folder and
 # command), the Slurm output files beside it, and in each run folder `slurm_job` (the
 # task's id, e.g. 1234_5). Running the same command again leaves alone the cells whose
 # task is still queued or running (asked of squeue) and submits only the others not done.
-# Each task logs to <run folder>/slurm-<array job>_<task>.out; a requeued task runs the
-# same command again, which resumes from the run folder's checkpoint.
+# Each task logs to <run folder>/slurm-<array job>_<task>.out (--open-mode=append: every
+# start of a requeued task adds to it); a requeued task runs the same command again,
+# which resumes from the run folder's checkpoint.
 
 SLURM_ARGS=${SLURM_ARGS:-}
+SLURM_SIGNAL_SECS=${SLURM_SIGNAL_SECS:-180}
 SLURM_MARKER=slurm_job
+SLURM_CELL_AFTER=()  # set by sweep for each cell: queued tasks it needs (slurm_queued_task)
+_SLURM_AFTER=()      # tasks the array waits for (afterok)
 _SLURM_DIRS=()     # cells to submit: run folder
 _SLURM_LINES=()    # and "folder command..." quoted for scripts/slurm/task.sh
 _SLURM_QUEUED=0    # cells whose task is still queued or running
@@ -36,6 +52,23 @@ slurm_setup() {
             exit 2
         fi
     done
+    if ! [[ "$SLURM_SIGNAL_SECS" =~ ^[0-9]+$ ]]; then
+        echo "[sweep] error: SLURM_SIGNAL_SECS is '$SLURM_SIGNAL_SECS'; it must be a whole number of" \
+            "seconds (0: no warning before the time limit)" >&2
+        exit 2
+    fi
+    # Tasks run with another working directory on other nodes: no path may be relative.
+    DATA=$(_abs_path "$DATA")
+    OUTPUT=$(_abs_path "$OUTPUT")
+}
+
+# slurm_queued_task DIR: whether DIR's run is still queued or running in Slurm; if so,
+# it is added to SLURM_CELL_AFTER (the cell being planned waits for it).
+slurm_queued_task() {
+    local task
+    task=$(_slurm_task_of "$1")
+    [ -n "$task" ] && _slurm_active "$task" || return 1
+    SLURM_CELL_AFTER+=("$task")
 }
 
 # slurm_add DIR COMMAND...: queue the cell for submission, unless its task is still in Slurm.
@@ -47,9 +80,10 @@ slurm_add() {
         _slurm_wait_for "$task"
         return 0
     fi
-    echo "[sweep] submit $dir"
+    echo "[sweep] submit $dir${SLURM_CELL_AFTER[*]:+ (after Slurm job ${SLURM_CELL_AFTER[*]})}"
     _SLURM_DIRS+=("$dir")
     _SLURM_LINES+=("$(printf '%q ' "$@")")
+    _SLURM_AFTER+=("${SLURM_CELL_AFTER[@]+"${SLURM_CELL_AFTER[@]}"}")
 }
 
 # slurm_report DIR: in the table job, a cell without `done`: still in Slurm, or failed.
@@ -94,8 +128,18 @@ slurm_submit() {
     if [ -n "${SLURM_TABLE_ARGS+set}" ]; then
         read -ra table_args <<< "$SLURM_TABLE_ARGS"
     else
-        table_args=("${args[@]+"${args[@]}"}")
+        _slurm_without_gpus "${args[@]+"${args[@]}"}"  # sets table_args
     fi
+    local array_opts=(--export=ALL --requeue --open-mode=append)
+    if [ "$SLURM_SIGNAL_SECS" -gt 0 ]; then  # B: the batch script gets it (task.sh)
+        array_opts+=("--signal=B:USR1@$SLURM_SIGNAL_SECS")
+    fi
+    if [ "${#_SLURM_AFTER[@]}" -gt 0 ]; then
+        array_opts+=("--dependency=afterok:$(printf '%s\n' "${_SLURM_AFTER[@]}" | sort -u | paste -sd:)"
+                     --kill-on-invalid-dep=yes)
+    fi
+    # The jobs' environment (--export=ALL) carries these to the tasks and the table job.
+    export PYTHON DATA OUTPUT
     mkdir -p "$root/slurm" || exit 1
     local dir n=${#_SLURM_LINES[@]} stamp
     dir=$(cd "$root/slurm" && pwd)
@@ -104,8 +148,8 @@ slurm_submit() {
     printf '%s\n' "${_SLURM_LINES[@]}" > "$dir/$stamp.cmds.tmp" && mv "$dir/$stamp.cmds.tmp" "$dir/$stamp.cmds" || exit 1
 
     local array_id table_id
-    array_id=$(sbatch --parsable --job-name="$SWEEP_JOB_NAME" --array="1-$n$throttle" --requeue \
-        --open-mode=append --chdir="$PWD" --output="$dir/$stamp-%A_%a.out" \
+    array_id=$(sbatch --parsable --job-name="$SWEEP_JOB_NAME" --array="1-$n$throttle" "${array_opts[@]}" \
+        --chdir="$PWD" --output="$dir/$stamp-%A_%a.out" \
         "${args[@]+"${args[@]}"}" scripts/slurm/task.sh "$dir/$stamp.cmds") || {
         echo "[sweep] error: sbatch refused the job array (see above); nothing was submitted." \
             "SLURM_ARGS was: $SLURM_ARGS" >&2
@@ -117,7 +161,7 @@ slurm_submit() {
         _slurm_mark "${_SLURM_DIRS[$i]}" "${array_id}_$((i + 1))"
     done
     _SLURM_WAIT=("$array_id" "${_SLURM_WAIT[@]+"${_SLURM_WAIT[@]}"}")
-    table_id=$(sbatch --parsable --job-name="${SWEEP_JOB_NAME}_table" \
+    table_id=$(sbatch --parsable --job-name="${SWEEP_JOB_NAME}_table" --export=ALL \
         --dependency="afterany:$(IFS=:; echo "${_SLURM_WAIT[*]}")" --chdir="$PWD" \
         --output="$dir/$stamp-table-%j.out" "${table_args[@]+"${table_args[@]}"}" \
         scripts/slurm/table.sh "$_SWEEP_SCRIPT" "${_SWEEP_ARGV[@]+"${_SWEEP_ARGV[@]}"}") || {
@@ -134,6 +178,22 @@ slurm_submit() {
     echo "[sweep] table:   $dir/$stamp-table-$table_id.out and $root/summary/table.md, once job $table_id has run"
     echo "[sweep] cancel:  scancel $array_id $table_id; run the same command again to submit what is not done"
     return 0
+}
+
+# _slurm_without_gpus ARGS...: table_args=ARGS without GPU requests (the table job reads
+# files and prints; it should not wait for a GPU). Options whose value is the next word
+# lose it too.
+_slurm_without_gpus() {
+    table_args=()
+    local skip_next="" word
+    for word in "$@"; do
+        if [ -n "$skip_next" ]; then skip_next=""; continue; fi
+        case "$word" in
+            --gres=*|--gpus=*|--gpus-per-*=*|--cpus-per-gpu=*|--mem-per-gpu=*|--gpu-bind=*|--gpu-freq=*|-G?*) ;;
+            --gres|--gpus|--gpus-per-*|--cpus-per-gpu|--mem-per-gpu|--gpu-bind|--gpu-freq|-G) skip_next=1 ;;
+            *) table_args+=("$word") ;;
+        esac
+    done
 }
 
 # _slurm_task_of DIR: the Slurm task recorded for the run folder, if any.

@@ -1,15 +1,39 @@
 #!/bin/bash
 # One task of a sweep's Slurm job array (submitted by scripts/slurm/submit.sh):
 #
-#   sbatch --array=1-N scripts/slurm/task.sh CMDS_FILE
+#   sbatch --array=1-N --requeue --open-mode=append --signal=B:USR1@SECS scripts/slurm/task.sh CMDS_FILE
 #
-# Line $SLURM_ARRAY_TASK_ID of CMDS_FILE is the run folder and the command, quoted for
-# bash. The task's output goes to <run folder>/slurm-<array job>_<task>.out. A run
-# already done is not run again; a requeued task runs the same command, which resumes
-# from the newest checkpoint in the run folder.
+# Line $SLURM_ARRAY_TASK_ID of CMDS_FILE is the run folder and the command (an absolute
+# interpreter first), quoted for bash. The task's output goes to
+# <run folder>/slurm-<array job>_<task>.out. A run already done is not run again. Before
+# the run, the task checks on its own node that the interpreter imports what every run
+# needs (scripts/preflight.sh, as the sweep did on the submitting host) and names the
+# node when it does not.
+#
+# Time limits: SECS before the job's limit Slurm sends this script SIGUSR1 (--signal
+# B:USR1@SECS; Slurm may send it up to a minute earlier). The task then stops the run
+# with SIGTERM (train.py ends cleanly, its last complete epoch saved) and requeues itself
+# (scontrol requeue); the next start runs the same command, which resumes from the run
+# folder's newest checkpoint, so a run longer than -t finishes over several allocations.
+# An allocation that saved no new checkpoint is not requeued (it would never finish:
+# -t is too short for one epoch). SIGTERM itself (scancel) stops the run, no requeue.
 set -u
 cmds=${1:?usage: task.sh CMDS_FILE}
 task=${SLURM_ARRAY_TASK_ID:?not a Slurm array task}
+
+stop=""   # what is stopping the run: "timelimit" (SIGUSR1) or "cancel" (SIGTERM, SIGINT)
+child=""
+trapped=0  # a signal arrived since the last `wait` began
+_stop() {
+    [ -n "$stop" ] || stop=$1
+    trapped=1
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null
+    fi
+}
+trap '_stop timelimit' USR1
+trap '_stop cancel' TERM INT
+
 line=$(sed -n "${task}p" "$cmds")
 if [ -z "$line" ]; then
     echo "[task] error: no line $task in $cmds" >&2
@@ -21,15 +45,68 @@ mkdir -p "$dir" || exit 1
 log=$dir/slurm-${SLURM_ARRAY_JOB_ID}_$task.out
 echo "[task] $dir: output in $log"
 exec >> "$log" 2>&1
-echo "[task] $(date -u '+%F %T UTC') Slurm job ${SLURM_ARRAY_JOB_ID}_$task on $(hostname)," \
-    "start $(( ${SLURM_RESTART_COUNT:-0} + 1 ))"
+node=$(hostname)
+started=$(date +%s)
+echo "[task] $(date -u '+%F %T UTC') Slurm job ${SLURM_ARRAY_JOB_ID}_$task (job id ${SLURM_JOB_ID:-?})" \
+    "on $node, start $(( ${SLURM_RESTART_COUNT:-0} + 1 ))"
 if [ -f "$dir/done" ]; then
     echo "[task] $dir is done already"
     exit 0
 fi
-"${argv[@]:1}"
-rc=$?
-if [ "$rc" -eq 0 ] && [ ! -f "$dir/done" ]; then
+
+# The submitting host's check says nothing about this node's software.
+source scripts/preflight.sh  # the job's working directory is the repository (--chdir)
+missing=$(preflight_missing "${argv[1]}")
+if [ -n "$missing" ]; then
+    echo "[task] error on node $node: ${argv[1]} cannot import: $missing. Fix: install them" \
+        "there (PYTHON=${argv[1]} bash scripts/setup.sh on $node, INSTALL.md), or set PYTHON to an" \
+        "interpreter every node has; then run the same sweep command again. The run was not started."
+    exit 3
+fi
+
+rc=0
+if [ -z "$stop" ]; then
+    "${argv[@]:1}" &
+    child=$!
+    rc=127
+    while true; do
+        trapped=0
+        wait "$child"
+        status=$?
+        [ "$status" -eq 127 ] && break  # collected already: rc holds its exit code
+        rc=$status
+        # A trapped signal ends `wait` early, with 128 + its number: wait again for the
+        # run's own exit code (bash keeps it, even once the run has ended).
+        [ "$trapped" = 1 ] || break
+    done
+    child=""
+fi
+
+if [ -f "$dir/done" ]; then
+    exit 0
+fi
+case "$stop" in
+    timelimit)
+        if [ -z "$(find "$dir" -name '*.pth.tar*' -newermt "@$started" -print -quit 2>/dev/null)" ]; then
+            echo "[task] $(date -u '+%T UTC') the time limit is near (SIGUSR1) and this allocation saved no" \
+                "checkpoint: not requeued, it would never finish. Fix: a longer -t in SLURM_ARGS (or a" \
+                "smaller SLURM_SIGNAL_SECS), then run the same sweep command again."
+            exit 1
+        fi
+        echo "[task] $(date -u '+%T UTC') the time limit is near (SIGUSR1): run stopped (exit code $rc);" \
+            "requeueing job ${SLURM_JOB_ID}, whose next start resumes from the last checkpoint."
+        if ! scontrol requeue "$SLURM_JOB_ID"; then
+            echo "[task] error: scontrol requeue $SLURM_JOB_ID failed (see above); run the same sweep" \
+                "command again to resume."
+            exit 1
+        fi
+        exit 0 ;;
+    cancel)
+        echo "[task] stopped by SIGTERM (scancel, or the time limit without the SIGUSR1 warning):" \
+            "not requeued; run the same sweep command again to resume."
+        exit "$rc" ;;
+esac
+if [ "$rc" -eq 0 ]; then
     echo "[task] exited without writing $dir/done"
     rc=1
 fi

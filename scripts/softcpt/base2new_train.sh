@@ -4,7 +4,8 @@
 #   bash scripts/softcpt/base2new_train.sh [BENCHMARK] [CFG] [VARIANT] [KEY VALUE ...]
 #
 # Same arguments and environment as scripts/softcpt/main.sh, but SHOTS defaults to 16.
-# Runs: $OUTPUT/base2new/train_base/<BENCHMARK>/shots_<K>/SoftCPT/<VARIANT>/<CFG>/seed<S>;
+# Runs: $OUTPUT/base2new/train_base/<BENCHMARK>/shots_<K>/SoftCPT/<VARIANT>/<CFG>[_<KEY>-<VALUE>...]/seed<S>
+# (KEY VALUE options name the folder, as in main.sh);
 # each is tested on the base classes when it finishes. Then run base2new_test.sh.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
@@ -16,6 +17,6 @@ shift $(($# < 3 ? $# : 3))
 SHOTS=${SHOTS:-16}
 SEEDS=${SEEDS:-"1 2 3"}
 
-sweep SoftCPT "$CFG" "$OUTPUT/base2new/train_base/$BENCHMARK/shots_{shots}/SoftCPT/$VARIANT/$CFG/seed{seed}" \
+sweep SoftCPT "$CFG" "$OUTPUT/base2new/train_base/$BENCHMARK/shots_{shots}/SoftCPT/$VARIANT/$CFG$(options_tag "$@")/seed{seed}" \
     DATASET.SUBSAMPLE_CLASSES base TRAINER.SOFTCPT.VARIANT "$VARIANT" "$@"
 sweep_finish "$OUTPUT/base2new"

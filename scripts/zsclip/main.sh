@@ -8,7 +8,8 @@
 #
 # Nothing is trained or sampled, so there is one run (0 shots, seed 1; SEEDS overrides
 # the seed list, SHOTS is ignored). Environment otherwise as scripts/softcpt/main.sh.
-# Run: $OUTPUT/<BENCHMARK>/ZeroshotCLIP/<CFG>_0shots/seed1.
+# KEY VALUE options name the run folder, as in scripts/softcpt/main.sh.
+# Run: $OUTPUT/<BENCHMARK>/ZeroshotCLIP/<CFG>_0shots[_<KEY>-<VALUE>...]/seed1.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
 
@@ -18,5 +19,5 @@ shift $(($# < 2 ? $# : 2))
 SHOTS=0
 SEEDS=${SEEDS:-1}
 
-sweep ZeroshotCLIP "$CFG" "$OUTPUT/$BENCHMARK/ZeroshotCLIP/${CFG}_{shots}shots/seed{seed}" "$@"
+sweep ZeroshotCLIP "$CFG" "$OUTPUT/$BENCHMARK/ZeroshotCLIP/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}" "$@"
 sweep_finish "$OUTPUT/$BENCHMARK"
