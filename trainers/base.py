@@ -293,7 +293,7 @@ class MultiTaskPromptTrainer(TrainerX):
                       split=split, epoch=self.epoch + 1 if self.epoch >= 0 else None,
                       subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
                       resumed_from_epoch=getattr(self, "resumed_from_epoch", None),
-                      effective_config=effective_config(cfg, run_keys=False),
+                      effective_config=effective_config(cfg),
                       **self.training_setting())
         name = "results.json" if split == "test" else f"results_{split}.json"
         atomic_write(osp.join(cfg.OUTPUT_DIR, name), json.dumps(report, indent=2))
