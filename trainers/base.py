@@ -293,7 +293,7 @@ class MultiTaskPromptTrainer(TrainerX):
                       split=split, epoch=self.epoch + 1 if self.epoch >= 0 else None,
                       subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
                       resumed_from_epoch=getattr(self, "resumed_from_epoch", None),
-                      effective_config=effective_config(cfg, run_keys=False),
+                      effective_config=effective_config(cfg),
                       **self.training_setting())
         name = "results.json" if split == "test" else f"results_{split}.json"
         atomic_write(osp.join(cfg.OUTPUT_DIR, name), json.dumps(report, indent=2))
@@ -482,7 +482,7 @@ class MultiTaskPromptTrainer(TrainerX):
             todo = (f"evaluate it with the backbone it was trained on (--backbone {saved['name']}), or give "
                     f"a --model-dir trained on {own['name']}")
         raise CheckpointError(f"{path} was trained on backbone {_backbone(saved)}; this run uses "
-                              f"{_backbone(own)}: {todo}.")
+                              f"{_backbone(own)}: {todo} (README.md#reliability).")
 
 
 def _backbone(identity: dict) -> str:

@@ -152,7 +152,7 @@ def check_values(cfg: CN) -> None:
 # it is refused (train.py). DATALOADER.NUM_WORKERS is here although it changes the random
 # crops and flips drawn after a resume (each worker has its own generator): a resumed run
 # with another worker count goes on with the same settings, not bit for bit as an
-# uninterrupted one (train.py says so).
+# uninterrupted one (README.md#reliability).
 RUN_ONLY_KEYS = (
     "OUTPUT_DIR", "RESUME", "DATASET.ROOT",  # where (sweeps make DATA absolute)
     "DATALOADER.NUM_WORKERS", "USE_CUDA",  # how fast, on what
@@ -162,18 +162,17 @@ RUN_ONLY_KEYS = (
 )
 
 
-def effective_config(cfg: CN, run_keys: bool = True) -> dict:
-    """The whole merged config as plain data (YAML's view: tuples are lists), for checkpoints;
-    without the RUN_ONLY_KEYS (``run_keys=False``) for results.json, which is then the same
-    wherever and however fast a run went."""
+def effective_config(cfg: CN) -> dict:
+    """The merged config as plain data (YAML's view: tuples are lists) without the
+    RUN_ONLY_KEYS, for checkpoints and results.json: the same wherever and however fast a
+    run went, so two runs of one experiment record the same bytes."""
     tree = yaml.safe_load(cfg.dump())
-    if not run_keys:
-        for key in RUN_ONLY_KEYS:
-            *parents, last = key.split(".")
-            node = tree
-            for part in parents:
-                node = node.get(part, {})
-            node.pop(last, None)
+    for key in RUN_ONLY_KEYS:
+        *parents, last = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
     return tree
 
 
@@ -203,9 +202,3 @@ def config_differences(recorded: dict, current: dict,
 def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
     """One line per key: ``  OPTIM.LR: 0.002 (recorded) -> 0.001 (this run)``."""
     return "\n".join(f"  {key}: {old!r} (recorded) -> {new!r} (this run)" for key, old, new in diffs)
-
-
-def run_only_differences(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """The RUN_ONLY_KEYS that differ (told, not refused)."""
-    old, new = flatten(recorded), flatten(current)
-    return [(k, old[k], new[k]) for k in RUN_ONLY_KEYS if k in old and k in new and old[k] != new[k]]

@@ -27,8 +27,7 @@ from filelock import FileLock, Timeout
 
 from trainers import checkpoint as ckpt_io
 from trainers.atomic import atomic_write, remove_stale_temps
-from trainers.config import (ConfigError, config_differences, describe_differences, effective_config,
-                             run_only_differences)
+from trainers.config import ConfigError, config_differences, describe_differences, effective_config
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".run.lock"
@@ -59,7 +58,8 @@ def hold(folder: str) -> Iterator[None]:
         except OSError:
             who = "a process that has not written its name yet"
         raise RunBusy(f"{folder} is in use by another run ({who}): one process per run folder. Wait "
-                      "for it to end (or stop it), or give this run another --output-dir.") from None
+                      "for it to end (or stop it), or give this run another --output-dir "
+                      "(README.md#reliability).") from None
     try:
         atomic_write(owner, owner_text() + "\n")
         # Only the holder may remove temporary files: no live process is writing them.
@@ -116,8 +116,3 @@ def check_settings(cfg, folders: list[str]) -> None:
                 "Give this run its own --output-dir (the sweep scripts name folders after the extra "
                 "KEY VALUE options), or rerun with the recorded values to continue that run "
                 "(README.md#reliability).")
-        for key, old, new in run_only_differences(recorded, current):
-            note = (": the random augmentations from here on differ from an uninterrupted run's"
-                    if key == "DATALOADER.NUM_WORKERS" else "")
-            logger.info("%s was %r in %s, now %r (does not change the settings)%s.", key, old, where,
-                        new, note)
