@@ -100,6 +100,7 @@ case "$stop" in
                 "command again to resume."
             exit 1
         fi
+        echo "[task] $(date -u '+%T UTC') requeued."  # (Slurm ends this allocation meanwhile)
         exit 0 ;;
     cancel)
         echo "[task] stopped by SIGTERM (scancel, or the time limit without the SIGUSR1 warning):" \
