@@ -446,14 +446,14 @@ def _hurry_requeued(seconds: float) -> None:
 @needs_dassl
 def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(slurm, tmp_path):
     """-t 2 with the warning 30 s before it (Slurm sends it 30-60 s early): each allocation
-    trains 60-90 s of a run that needs three minutes or more; the task stops its run and
+    trains at most 90 s of a run sized to about 130 s here; the task stops its run and
     requeues itself until the run is done, with the results of one uninterrupted run."""
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="16", SEEDS="1",
                SKIP_SETUP="1", LAUNCHER="slurm", SLURM_ARGS="-t 2", SLURM_SIGNAL_SECS="30",
                OMP_NUM_THREADS="1", PYTHON=os.environ.get("PYTHON", "python3"))
-    # Epochs for about 200 s of training on this machine now (its speed varies 5-fold with
-    # load): more than one allocation can hold, on a quiet machine too.
-    epochs = max(40, min(400, int(200 / _seconds_per_epoch(env, tmp_path / "calibrate"))))
+    # Epochs for about 130 s of training on this machine now (its speed varies 5-fold with
+    # load): more than one allocation (at most 90 s) can hold, on a quiet machine too.
+    epochs = max(40, min(300, int(130 / _seconds_per_epoch(env, tmp_path / "calibrate"))))
     opts = ["OPTIM.MAX_EPOCH", str(epochs)]
     done = subprocess.run(["bash", "scripts/softcpt/main.sh", "toy", "tiny", "NATA", *opts], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
