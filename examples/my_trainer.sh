@@ -4,7 +4,7 @@
 #   bash examples/my_trainer.sh [BENCHMARK] [CFG] [KEY VALUE ...]
 #
 # Environment as scripts/softcpt/main.sh: SHOTS ("1 2 4 8 16"), SEEDS ("1 2 3"), DATA, OUTPUT.
-# Runs: $OUTPUT/<BENCHMARK>/TaskWordCoOp/<CFG>_<K>shots/seed<S>.
+# Runs: $OUTPUT/<BENCHMARK>/TaskWordCoOp/<CFG>_<K>shots[_KEY-VALUE...]/seed<S> (options name the folder).
 cd "$(dirname "$0")/.." || exit 1
 source scripts/common.sh
 TRAIN_ENTRY=(-m examples.my_trainer)      # a built-in trainer keeps train.py
@@ -16,5 +16,6 @@ shift $(($# < 2 ? $# : 2))
 SHOTS=${SHOTS:-"1 2 4 8 16"}
 SEEDS=${SEEDS:-"1 2 3"}
 
-sweep TaskWordCoOp "$CFG" "$OUTPUT/$BENCHMARK/TaskWordCoOp/${CFG}_{shots}shots/seed{seed}" "$@"
+TAG=$(options_tag "$@")
+sweep TaskWordCoOp "$CFG" "$OUTPUT/$BENCHMARK/TaskWordCoOp/${CFG}_{shots}shots$TAG/seed{seed}" "$@"
 sweep_finish "$OUTPUT/$BENCHMARK"

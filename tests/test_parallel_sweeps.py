@@ -90,8 +90,13 @@ def test_live_runs_checks_every_run(tmp_path):
     assert live_runs(runs) == []
 
 
-def test_gpus_run_one_at_a_time_per_listed_device(fake_env):
-    fake_env.update(GPUS="0 1", SLEEP="0.5")
+def test_gpus_run_one_at_a_time_per_listed_device(fake_env, tmp_path):
+    # GPUS must name GPUs the machine has (scripts/parallel.sh asks nvidia-smi -L): two.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/bash\necho 'GPU 0: A (UUID: GPU-0)'; echo 'GPU 1: A (UUID: GPU-1)'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    fake_env.update(GPUS="0 1", SLEEP="0.5", PATH=f"{bin_dir}:{fake_env['PATH']}")
     done = sweep(fake_env)
     assert done.returncode == 0, done.stderr
     runs = calls(fake_env)
@@ -188,7 +193,8 @@ def test_jobs_2_gives_the_results_and_table_of_a_serial_sweep(tmp_path):
     for seed in (1, 2):
         reports = []
         for name in ("serial", "jobs2"):
-            path = tmp_path / name / "toy" / "SoftCPT" / "NATA" / "tiny_1shots" / f"seed{seed}" / "results.json"
+            path = (tmp_path / name / "toy" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-1" / f"seed{seed}" /
+                    "results.json")
             report = json.loads(path.read_text())
             reports.append((report["score"], report["tasks"]))
         assert reports[0] == reports[1]
