@@ -83,6 +83,9 @@ def test_live_runs_checks_every_run(tmp_path):
     runs = [str(tmp_path / "seed1"), str(tmp_path / "seed2")]
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", runs[1]])
     try:
+        deadline = time.monotonic() + 20  # until the child has exec'd, its cmdline is ours
+        while live_runs(runs) != [runs[1]] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert live_runs(runs) == [runs[1]]
     finally:
         proc.kill()

@@ -301,8 +301,8 @@ def test_example_trainer_in_its_own_file_sweeps(tmp_path):
     done = sweep("examples/my_trainer.sh", "toy", "tiny", "TRAINER.TASKWORD.N_CTX", "2", env=env,
                  timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    run = tmp_path / "out" / "toy" / "TaskWordCoOp" / "tiny_1shots" / "seed1"
+    run = tmp_path / "out" / "toy" / "TaskWordCoOp" / "tiny_1shots_TRAINER.TASKWORD.N_CTX-2" / "seed1"
     report = json.loads((run / "results.json").read_text())
     assert report["trainer"] == "TaskWordCoOp" and len(report["tasks"]) == 3
     assert "N_CTX: 2" in (run / "log.txt").read_text()
-    assert "| TaskWordCoOp | tiny |" in done.stdout
+    assert "| TaskWordCoOp TRAINER.TASKWORD.N_CTX=2 | tiny |" in done.stdout  # the option names the row

@@ -25,7 +25,7 @@ import pytest
 from conftest import SLURM_REASON
 
 # Every test here runs the sweep scripts or a Slurm cluster: the full tier.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one local cluster: one worker
 needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="Dassl is not installed")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -434,13 +434,23 @@ def _seconds_per_epoch(env: dict, out) -> float:
     return (time.time() - start) / done
 
 
+_HELD_SINCE: dict[str, float] = {}  # requeued job -> when _hurry_requeued first saw it held
+
+
 def _hurry_requeued(seconds: float) -> None:
-    """Slurm holds a requeued job for two minutes (its BeginTime); start it at once instead."""
+    """Slurm holds a requeued job for two minutes (its BeginTime); start it after `seconds`
+    instead. Not sooner: slurmd refuses a job credential issued in the second its previous
+    one was revoked ("Killing non-startable batch job: Job credential revoked")."""
+    now = time.time()
     for line in _slurm("squeue", "-h", "-r", "-t", "PENDING", "-o", "%A %r").splitlines():
         job, reason = line.split(maxsplit=1)
-        if reason.strip() == "BeginTime":
+        if reason.strip() != "BeginTime":
+            continue
+        since = _HELD_SINCE.setdefault(job, now)
+        if now - since >= seconds:
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True,
                            timeout=60)
+            del _HELD_SINCE[job]
 
 
 @needs_dassl
@@ -470,7 +480,7 @@ def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(
         deadline = time.time() + 900
         while _jobs():
             assert time.time() < deadline, f"still queued: {_jobs()}"
-            _hurry_requeued(1)
+            _hurry_requeued(3)
             time.sleep(1)
         assert reference.wait(timeout=600) == 0
     finally:

@@ -13,7 +13,8 @@
 #              class) have nothing learned for a task they never saw, and are refused.
 #   KEY VALUE  more config options for every run (they name the folders: <CFG>_<K>shots_KEY-VALUE)
 #
-# Environment: SHOTS (default 16), SEEDS (default "1 2 3"), COOP (MT, the default, or none:
+# Environment: HELD_OUT (the task keys to hold out in turn, default every task), SHOTS (default 16),
+# SEEDS (default "1 2 3"), COOP (MT, the default, or none:
 # the CoOp baseline; per-task CoOp, CA or CS, is refused), and DATA, OUTPUT, PYTHON, GPUS, JOBS,
 # LAUNCHER as scripts/softcpt/main.sh. Finished runs are skipped.
 # Runs: $OUTPUT/task_transfer/<BENCHMARK>/heldout_<KEY>/train/<Trainer>/<VARIANT>/<CFG>_<K>shots[_KEY-VALUE...]/seed<S>
@@ -76,6 +77,19 @@ if ! LISTING=$("$PYTHON" -c "$_LIST_TASKS" "$DATASET_CFG"); then
     exit 2
 fi
 mapfile -t TASK_LINES <<< "$LISTING"
+if [ -n "${HELD_OUT:-}" ]; then  # only these tasks are held out (each in turn)
+    chosen=()
+    for key in $HELD_OUT; do
+        match=$(printf '%s\n' "${TASK_LINES[@]}" | awk -F'\t' -v k="$key" '$2 == k')
+        if [ -z "$match" ]; then
+            echo "[sweep] error: HELD_OUT names '$key', not a task of $DATASET_CFG; its tasks:" \
+                "$(printf '%s\n' "${TASK_LINES[@]}" | cut -f2 | paste -sd' ')." >&2
+            exit 2
+        fi
+        chosen+=("$match")
+    done
+    TASK_LINES=("${chosen[@]}")
+fi
 
 ROOT="$OUTPUT/task_transfer/$BENCHMARK"
 SOFTCPT_OPTS=(TRAINER.SOFTCPT.VARIANT "$VARIANT")
