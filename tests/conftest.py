@@ -134,3 +134,12 @@ def pytest_terminal_summary(terminalreporter):
         n = sum(1 for r in skipped if _required_reason(r) == reason)
         if n:
             terminalreporter.write_line(f"{n} skipped because {reason} ({fix})")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Slurm tests first: under pytest-xdist (scripts/test.sh) they run on one worker, one
+    after another, mostly waiting on the scheduler; started first, the other workers share the
+    rest of the suite meanwhile instead of waiting for them at the end."""
+    def in_slurm_group(item) -> bool:
+        return any(m.args[:1] == ("slurm",) for m in item.iter_markers("xdist_group"))
+    items.sort(key=lambda item: not in_slurm_group(item))  # stable: the order within each part stays
