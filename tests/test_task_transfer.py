@@ -150,13 +150,18 @@ def test_hold_out_after_subsample_and_its_errors(bench):
 
 
 # ------------------------------------------------------------------ the sweep
-@pytest.mark.slow
-def test_sweep_trains_without_each_task_and_evaluates_it_alone(env, tmp_path):
-    """Stand-in runs: which runs, with which options, in which order; skipping when done."""
+def stand_in(tmp_path) -> str:
+    """An interpreter that records each run it is given and writes its results (FAKE_PYTHON)."""
     python = tmp_path / "python"
     python.write_text(FAKE_PYTHON.format(python=sys.executable))
     python.chmod(0o755)
-    env.update(PYTHON=str(python), CALLS=str(tmp_path / "calls.txt"), SHOTS="4", SEEDS="1 2")
+    return str(python)
+
+
+@pytest.mark.slow
+def test_sweep_trains_without_each_task_and_evaluates_it_alone(env, tmp_path):
+    """Stand-in runs: which runs, with which options, in which order; skipping when done."""
+    env.update(PYTHON=stand_in(tmp_path), CALLS=str(tmp_path / "calls.txt"), SHOTS="4", SEEDS="1 2")
     done = sweep("toy", "tiny", "CATA", "OPTIM.MAX_EPOCH", "3", env=env)
     assert done.returncode == 0, done.stderr
     calls = open(env["CALLS"]).read().splitlines()
@@ -187,10 +192,7 @@ def test_sweep_trains_without_each_task_and_evaluates_it_alone(env, tmp_path):
 @pytest.mark.slow
 def test_held_out_picks_the_tasks_and_names_the_valid_ones(env, tmp_path):
     """HELD_OUT=colours: only that task is held out; an unknown key lists the benchmark's tasks."""
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable))
-    python.chmod(0o755)
-    env.update(PYTHON=str(python), CALLS=str(tmp_path / "calls.txt"), SHOTS="1", SEEDS="1")
+    env.update(PYTHON=stand_in(tmp_path), CALLS=str(tmp_path / "calls.txt"), SHOTS="1", SEEDS="1")
     bad = sweep("toy", "tiny", "NATA", env=dict(env, HELD_OUT="colors"))
     assert bad.returncode == 2 and "HELD_OUT names 'colors'" in bad.stderr
     assert "its tasks: shapes colours stripes." in bad.stderr and not os.path.exists(env["CALLS"])
