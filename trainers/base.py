@@ -323,7 +323,13 @@ class MultiTaskPromptTrainer(TrainerX):
                                         cfg.TRAIN.CHECKPOINT_FREQ, self.max_epoch)
 
     def backbone_identity(self) -> dict:
-        """The frozen CLIP a checkpoint was trained on: its name and a fingerprint of its weights."""
+        """The frozen CLIP a checkpoint was trained on: its name and a fingerprint of its weights
+        (hashed once: the backbone never changes, and every epoch's checkpoint records it)."""
+        if getattr(self, "_backbone_identity", None) is None:
+            self._backbone_identity = self._hash_backbone()
+        return self._backbone_identity
+
+    def _hash_backbone(self) -> dict:
         cfg = getattr(self, "cfg", None)
         backbone = cfg.MODEL.BACKBONE if cfg is not None else None
         model = self.model
