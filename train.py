@@ -92,7 +92,6 @@ class StorageError(RuntimeError):
 
 # Errors whose message says what to fix: printed as `error: ...`, without a traceback.
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError)
-HEAD_FOLDER = "prompt_learner"  # where a training run keeps its checkpoints (trainers/base.py)
 STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
                   errno.EDQUOT: "the disk quota is exceeded: free space there",
                   errno.EROFS: "the file system is read-only: choose a writable folder",
@@ -171,12 +170,12 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
                           "./output unasked.")
     folder = output_dir or model_dir
     same = model_dir and osp.realpath(folder) == osp.realpath(model_dir)
-    if not same and not osp.isdir(osp.join(folder, HEAD_FOLDER)):
+    if not same and not osp.isdir(osp.join(folder, ckpt_io.HEAD_NAME)):
         return folder
     if epoch is not None:
         tag = f"epoch{epoch}"
     else:
-        tag = "best" if osp.exists(osp.join(folder, HEAD_FOLDER, "model-best.pth.tar")) else "last"
+        tag = "best" if osp.exists(osp.join(folder, ckpt_io.HEAD_NAME, "model-best.pth.tar")) else "last"
     return osp.join(folder, f"eval_{tag}")
 
 
@@ -310,7 +309,7 @@ def as_storage_error(err: BaseException, cfg) -> Optional[StorageError]:
 
 def last_saved(cfg) -> Optional[tuple[int, str]]:
     """(epoch, file) of the newest epoch checkpoint in the output folder, if any."""
-    folder = osp.join(cfg.OUTPUT_DIR, HEAD_FOLDER) if cfg.OUTPUT_DIR else ""
+    folder = osp.join(cfg.OUTPUT_DIR, ckpt_io.HEAD_NAME) if cfg.OUTPUT_DIR else ""
     epochs = ckpt_io.saved_epochs(folder) if folder else []
     return (epochs[-1], osp.join(folder, f"model.pth.tar-{epochs[-1]}")) if epochs else None
 

@@ -26,14 +26,13 @@ from trainers import checkpoint as ckpt_io
 from trainers import feature_cache
 from trainers.atomic import atomic_write
 from trainers.backbone import load_clip, resolve_precision
-from trainers.checkpoint import CheckpointError
+from trainers.checkpoint import HEAD_NAME, CheckpointError  # noqa: F401 (HEAD_NAME: for trainers)
 from trainers.config import ConfigError, effective_config
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
 from trainers.text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
-HEAD_NAME = "prompt_learner"  # folder of the checkpoints, as in CoOp
 
 
 class PromptHead(nn.Module):

@@ -28,6 +28,7 @@ import torch
 from trainers.atomic import atomic_torch_save, atomic_write
 
 logger = logging.getLogger(__name__)
+HEAD_NAME = "prompt_learner"  # a run's folder of checkpoints, as in CoOp
 POINTER = "checkpoint"  # Dassl's name
 BEST = "model-best.pth.tar"
 EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")

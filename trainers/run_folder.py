@@ -32,7 +32,6 @@ from trainers.config import ConfigError, config_differences, describe_difference
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".run.lock"
 OWNER_NAME = ".run.owner"
-HEAD_FOLDER = "prompt_learner"
 
 
 class RunBusy(RuntimeError):
@@ -63,7 +62,7 @@ def hold(folder: str) -> Iterator[None]:
     try:
         atomic_write(owner, owner_text() + "\n")
         # Only the holder may remove temporary files: no live process is writing them.
-        for sub in (folder, osp.join(folder, HEAD_FOLDER)):
+        for sub in (folder, osp.join(folder, ckpt_io.HEAD_NAME)):
             for path in remove_stale_temps(sub):
                 logger.info("Removed %s, left by an interrupted write.", path)
         yield
@@ -78,7 +77,7 @@ def hold(folder: str) -> Iterator[None]:
 def recorded_config(folder: str) -> Optional[tuple[str, dict]]:
     """(where, config) that ``folder``'s run recorded: its newest checkpoint that holds one,
     else its results.json; None for a new folder or one written by an older version."""
-    ckpts = osp.join(folder, HEAD_FOLDER)
+    ckpts = osp.join(folder, ckpt_io.HEAD_NAME)
     names = [f"model.pth.tar-{e}" for e in reversed(ckpt_io.saved_epochs(ckpts))] + [ckpt_io.BEST]
     for name in names:
         path = osp.join(ckpts, name)
