@@ -7,7 +7,7 @@
 
 Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), bad config
 input (unknown key or trainer, wrong type, out of range, missing file, YAML error)
-ends in one message that says what to change (README.md#troubleshooting), a
+ends in one message that says what to change (docs/troubleshooting.md), a
 finished run leaves a ``done`` marker in its output directory, written last, every
 attempt of a run (and the error that ends one) goes to the same ``log.txt``,
 ``--eval-only`` never writes into a training run's folder or into ``./output``
@@ -17,7 +17,7 @@ A run owns its output folder while it trains or evaluates (a second process into
 it stops at once, trainers/run_folder.py), refuses a folder recorded with other
 settings, and ends cleanly on SIGTERM, SIGINT (Ctrl-C) and SIGUSR1: the last
 complete epoch stays resumable, log.txt says where it stopped, and the exit code
-is 128 + the signal's number (README.md#reliability). Storage faults (full disk,
+is 128 + the signal's number (docs/reliability.md#guarantees). Storage faults (full disk,
 read-only folder, a path that is a file) end in one line naming the path.
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def setup_cfg(args: argparse.Namespace):
     if args.config_file and not load_yaml(args.config_file, "--config-file"):
         raise ConfigError(f"--config-file {args.config_file} is empty: it sets no key, so the run would "
                           "have Dassl's defaults (no backbone, no schedule); start from a file in "
-                          f"configs/trainers/{args.trainer or '<trainer>'}/ (README.md#troubleshooting).")
+                          f"configs/trainers/{args.trainer or '<trainer>'}/ (docs/troubleshooting.md#configuration).")
     if args.config_file:  # recorded in results.json
         cfg.CONFIG_NAME = osp.splitext(osp.basename(args.config_file))[0]
     merge_list(cfg, args.opts or [])
@@ -304,7 +304,7 @@ def as_storage_error(err: BaseException, cfg) -> Optional[StorageError]:
     kept = (f"; the checkpoints written before are kept: once fixed, the same command resumes after "
             f"epoch {saved[0]}") if saved else ""
     return StorageError(cause.errno, f"cannot write or read {path}{flag}: {cause.strerror}; "
-                        f"{STORAGE_ERRNOS[cause.errno]}{kept} (README.md#reliability)")
+                        f"{STORAGE_ERRNOS[cause.errno]}{kept} (docs/reliability.md#guarantees)")
 
 
 def last_saved(cfg) -> Optional[tuple[int, str]]:

@@ -10,7 +10,7 @@ run again in the same folder with the same command until it finishes. Its last
 checkpoint (every entry: parameters, optimizer state and param_groups, scheduler state,
 random states) and results.json are compared bit for bit with an uninterrupted run
 (``differences``, also tests/test_resume.py's comparison). Prints one line per kill point and a
-summary; exits 1 on any difference. The figures in README.md#reliability come
+summary; exits 1 on any difference. The figures in docs/reliability.md#how-it-is-checked come
 from this script. POSIX only (it forks one process per attempt after importing
 train.py's modules once).
 """

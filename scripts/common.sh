@@ -11,13 +11,13 @@
 #             list a GPU twice to run two on it; a GPU this machine lacks is an error
 #   JOBS      N runs at a time without choosing GPUs, e.g. on CPU (default 1)
 #   LAUNCHER  local (default) or slurm: submit the runs as a job array, see scripts/slurm/
-#   SLURM_ARGS, SLURM_TABLE_ARGS  sbatch options with LAUNCHER=slurm (README.md#running-on-several-gpus-or-a-cluster)
+#   SLURM_ARGS, SLURM_TABLE_ARGS  sbatch options with LAUNCHER=slurm (docs/clusters.md#slurm)
 #
 # Extra KEY VALUE options name the run folder (options_tag): <cfg>_<K>shots_KEY-VALUE...
 #
 # A run folder is skipped only when it holds `done`, which train.py writes last.
 # A folder without it is run again with the same command: the trainer resumes from
-# its newest checkpoint there that loads (README.md#reliability), so an interrupted sweep
+# its newest checkpoint there that loads (docs/reliability.md#run-folders), so an interrupted sweep
 # restarted with the same command loses nothing it finished. A run that fails is
 # reported at the end and the sweep goes on. Ctrl-C or SIGTERM stops the runs in
 # progress and the sweep; starting the same command again resumes it. With GPUS or

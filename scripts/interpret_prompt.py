@@ -20,7 +20,7 @@ them, in the token-embedding space of the run's backbone (recorded in its
   ``generated_contexts.pt``, which runs of this version write at evaluation.
 
 Prints the words as text and writes every row to a CSV (``--csv``; default
-``<RUN_DIR>/nearest_words_epoch<N>.csv``). README.md#what-did-the-prompts-learn
+``<RUN_DIR>/nearest_words_epoch<N>.csv``). docs/prompts.md#nearest-words
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from trainers import interpret  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
 
-DOCS = "README.md#what-did-the-prompts-learn"
+DOCS = "docs/prompts.md#nearest-words"
 CONFIG_KEY = re.compile(r"^( *)([A-Za-z0-9_]+):(?: (.*))?$")
 
 

@@ -24,7 +24,7 @@ REQUIRE_DASSL = os.environ.get("SOFTCPT_REQUIRE_DASSL", "") not in ("", "0")
 REQUIRED_IN_CI = {
     DASSL_REASON: "install it (INSTALL.md#dassl)",
     SLURM_REASON: "run as root with Slurm installed, as .ci/run does "
-                  "(README.md#running-on-several-gpus-or-a-cluster)",
+                  "(docs/clusters.md#trying-slurm-without-a-cluster)",
 }
 
 

@@ -1,5 +1,5 @@
 """Bad configs and values end in a message that says what to fix, not a traceback
-(README.md#troubleshooting): one test per case, each checking the message text."""
+(docs/troubleshooting.md#configuration): one test per case, each checking the message text."""
 from __future__ import annotations
 
 import logging

@@ -239,7 +239,7 @@ class MultiTaskPromptTrainer(TrainerX):
         if (own.model_inference is not MultiTaskPromptTrainer.model_inference
                 and own.feature_logits is MultiTaskPromptTrainer.feature_logits):
             logger.warning("%s overrides model_inference but not feature_logits: evaluating from "
-                           "images, without the image-feature cache (README.md#speed).", own.__name__)
+                           "images, without the image-feature cache (docs/speed.md#image-feature-cache).", own.__name__)
             return TrainerX.test(self, split)
         loader = self.val_loader if split == "val" else self.test_loader
         print(f"Evaluate on the *{split}* set")
@@ -487,7 +487,7 @@ class MultiTaskPromptTrainer(TrainerX):
             todo = (f"evaluate it with the backbone it was trained on (--backbone {saved['name']}), or give "
                     f"a --model-dir trained on {own['name']}")
         raise CheckpointError(f"{path} was trained on backbone {_backbone(saved)}; this run uses "
-                              f"{_backbone(own)}: {todo} (README.md#reliability).")
+                              f"{_backbone(own)}: {todo} (docs/reliability.md#guarantees).")
 
 
 def _backbone(identity: dict) -> str:

@@ -19,7 +19,7 @@ PARAM_DTYPES = ("fp32", "fp16")
 class ConfigError(ValueError):
     """A config file or option names a key, type or value that does not exist or is out
     of range. The message names the key, what it accepts and the value given, so
-    ``train.py`` prints it without a traceback (README.md#troubleshooting)."""
+    ``train.py`` prints it without a traceback (docs/troubleshooting.md)."""
 
 # Config hooks of trainers that live outside this package (examples/my_trainer.py).
 _EXTRA_HOOKS: list[Callable[[CN], None]] = []
@@ -147,12 +147,12 @@ def check_values(cfg: CN) -> None:
 
 # ------------------------------------------------------------ a run's recorded settings
 # Keys that say where a run reads and writes and how fast it goes, not what it computes: a
-# run's folder may be resumed or evaluated again with other values (README.md#reliability).
+# run's folder may be resumed or evaluated again with other values (docs/reliability.md#guarantees).
 # Every other key changes results, and a rerun into a folder recorded with another value of
 # it is refused (train.py). DATALOADER.NUM_WORKERS is here although it changes the random
 # crops and flips drawn after a resume (each worker has its own generator): a resumed run
 # with another worker count goes on with the same settings, not bit for bit as an
-# uninterrupted one (README.md#reliability).
+# uninterrupted one (docs/reliability.md#guarantees).
 RUN_ONLY_KEYS = (
     "OUTPUT_DIR", "RESUME", "DATASET.ROOT",  # where (sweeps make DATA absolute)
     "DATALOADER.NUM_WORKERS", "USE_CUDA",  # how fast, on what

@@ -19,7 +19,7 @@ from yacs.config import CfgNode as CN
 
 from trainers.config import ConfigError
 
-HELP = "see README.md#troubleshooting; `python train.py --help-config` lists every key"
+HELP = "see docs/troubleshooting.md#configuration; `python train.py --help-config` lists every key"
 
 
 def merge_file(cfg: CN, path: str, flag: str) -> None:

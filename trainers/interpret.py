@@ -8,7 +8,7 @@
   of the run (``generated_contexts.pt``, written atomically).
 * ``task_similarity``, ``cluster_order``, ``write_similarity``: the cosine
   similarity of the tasks' generated contexts, tasks ordered by a hierarchical
-  clustering, as CSV and a PNG heatmap (README.md#what-did-the-prompts-learn).
+  clustering, as CSV and a PNG heatmap (docs/prompts.md#which-tasks-share-what).
 """
 from __future__ import annotations
 

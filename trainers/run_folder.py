@@ -9,7 +9,7 @@ removed only by the holder, so never while another process is writing them.
 ``check_settings`` compares the config a folder recorded (in its newest
 checkpoint, else its results.json) with this run's: any difference in a key that
 changes results (all but ``trainers.config.RUN_ONLY_KEYS``) stops the run before
-it resumes, skips or overwrites anything (README.md#reliability).
+it resumes, skips or overwrites anything (docs/reliability.md#guarantees).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def hold(folder: str) -> Iterator[None]:
             who = "a process that has not written its name yet"
         raise RunBusy(f"{folder} is in use by another run ({who}): one process per run folder. Wait "
                       "for it to end (or stop it), or give this run another --output-dir "
-                      "(README.md#reliability).") from None
+                      "(docs/reliability.md#guarantees).") from None
     try:
         atomic_write(owner, owner_text() + "\n")
         # Only the holder may remove temporary files: no live process is writing them.
@@ -114,4 +114,4 @@ def check_settings(cfg, folders: list[str]) -> None:
                 f"resumed nor skipped there. Keys that differ:\n{describe_differences(diffs)}\n"
                 "Give this run its own --output-dir (the sweep scripts name folders after the extra "
                 "KEY VALUE options), or rerun with the recorded values to continue that run "
-                "(README.md#reliability).")
+                "(docs/reliability.md#guarantees).")

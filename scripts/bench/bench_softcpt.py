@@ -28,7 +28,7 @@ With ``--text-side`` it prints instead the text side of one training step
 (forward, backward, SGD step; image features given; every class encoded) for
 the heads of ``--text-heads``, on class names of 1 to 12 tokens: the reference's
 77-token path, then TRUNCATE_TEXT, + LENGTH_BUCKETS, + SHARED_PREFIX added in
-turn. General-10's full size (README.md, "Speed"):
+turn. General-10's full size (docs/speed.md#text-encoder):
 
     python scripts/bench/bench_softcpt.py --text-side --backbones ViT-B/16 --scale 1 \
         --ref-scale 0.1 --batch-size 32 --repeats 0

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The checks that need a GPU, as one prepared run (under 10 minutes on one GPU) that
-# writes one Markdown table: output/gpu_check/gpu_check.md (README.md, "Speed").
+# writes one Markdown table: output/gpu_check/gpu_check.md (docs/speed.md#on-a-gpu).
 #
 #   bash scripts/bench/gpu_check.sh              # on a CUDA machine
 #   bash scripts/bench/gpu_check.sh --dry-run    # its own logic on CPU at tiny size

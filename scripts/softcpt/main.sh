@@ -11,7 +11,7 @@
 #
 # Environment: SHOTS (default "1 2 4 8 16"), SEEDS (default "1 2 3"), DATA (./data),
 # OUTPUT (output), PYTHON (python), SKIP_SETUP=1 to skip scripts/setup.sh; GPUS / JOBS
-# (runs at a time) and LAUNCHER=slurm with SLURM_ARGS: README.md#running-on-several-gpus-or-a-cluster.
+# (runs at a time) and LAUNCHER=slurm with SLURM_ARGS: docs/clusters.md.
 # Runs: $OUTPUT/<BENCHMARK>/SoftCPT/<VARIANT>/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>.
 # With no arguments: the toy benchmark on the tiny backbone, 15 runs, a few minutes on CPU.
 cd "$(dirname "$0")/../.." || exit 1
