@@ -176,7 +176,7 @@ def test_cache_from_another_split_is_refused(general10_root):
     os.makedirs(os.path.dirname(path))
     with open(path, "wb") as f:  # a test image in the train list: not this split's cache
         pickle.dump({"train": full.test[:1], "val": full.val[:1]}, f)
-    with pytest.raises(DatasetError, match=r"shot_1-seed_1.pkl.*delete it.*DATASETS.md#few-shot-sampling"):
+    with pytest.raises(DatasetError, match=r"shot_1-seed_1.pkl.*delete it.*DATASETS.md#few-shot-sampling-and-cache"):
         build(root, "Food101", shots=1)
 
 
