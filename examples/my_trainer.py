@@ -21,8 +21,8 @@ in-tree family registers its own (config/softcpt.py, ...), with ``register_confi
 To make it a built-in trainer, move this file to ``trainers/`` and add ``from . import
 my_trainer`` to ``trainers/__init__.py``; ``python train.py --trainer TaskWordCoOp ...``
 then works. For ``python train.py --help-config`` (which imports no trainer) to list its
-keys too, move ``add_taskword_config`` to ``config/taskword.py`` and import that module
-at the end of ``config/__init__.py``, as config/coop.py is.
+keys too, move ``add_taskword_config`` to its own module in ``config/<name>.py`` and
+import that module at the end of ``config/__init__.py``, as config/coop.py is.
 """
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = ["README.md", "INSTALL.md", "DATASETS.md", "CONTRIBUTING.md", "train.py", "pyproject.toml",
-           "docs", "trainers", "datasets", "configs", "scripts", "examples", ".ci"]
+           "docs", "config", "trainers", "datasets", "configs", "scripts", "examples", ".ci"]
 SUFFIXES = {".md", ".py", ".sh", ".yaml", ".yml", ".toml", ".txt"}
-TOP = ("docs", "scripts", "configs", "trainers", "datasets", "examples", "tests")
+TOP = ("docs", "scripts", "configs", "config", "trainers", "datasets", "examples", "tests")
 
 MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 MD_NAME = re.compile(r"(?<![\w./$<{-])((?:[\w.-]+/)*[\w.-]+\.md)(?!\w)(#[\w-]+)?")
