@@ -23,7 +23,6 @@ from dassl.engine import TRAINER_REGISTRY
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
-from yacs.config import CfgNode as CN
 
 import config.linear_probe  # noqa: F401  (registers TRAINER.LINEAR_PROBE)
 from datasets.task_info import TaskInfo, task_info_of

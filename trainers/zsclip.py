@@ -14,7 +14,6 @@ from typing import Optional
 import torch
 from dassl.engine import TRAINER_REGISTRY
 from torch import nn
-from yacs.config import CfgNode as CN
 
 import config.zsclip  # noqa: F401  (registers TRAINER.ZSCLIP)
 from datasets.task_info import TaskInfo
