@@ -43,8 +43,28 @@ except ImportError as err:  # pragma: no cover - exercised by hand
     raise SystemExit("Dassl is not installed: see INSTALL.md#dassl "
                      "(pip install from github.com/KaiyangZhou/Dassl.pytorch).") from err
 
-import torch  # noqa: E402
+# The config is a leaf (config/: yacs and yaml only; dassl.config is torch-free too), so
+# --help-config answers before torch, Dassl's engine and the trainers are imported.
 from dassl.config import get_cfg_default  # noqa: E402
+
+from config import ConfigError, check_values, extend_cfg  # noqa: E402
+from config.merge import load_yaml, merge_file, merge_list  # noqa: E402
+
+
+def help_config() -> str:
+    """Every valid key with its default (``--help-config``): Dassl's, the in-tree families'
+    (config/) and those of any trainer whose module registered a config hook before this call
+    (``python -m examples.my_trainer --help-config``)."""
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    return cfg.dump()
+
+
+if __name__ == "__main__" and "--help-config" in sys.argv[1:]:  # main() would answer the same, later
+    print(help_config())
+    sys.exit(0)
+
+import torch  # noqa: E402
 from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: E402
 from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
 
@@ -54,8 +74,6 @@ from datasets.errors import DatasetError  # noqa: E402
 from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
 from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
-from trainers.config import ConfigError, check_values, extend_cfg  # noqa: E402,F401
-from trainers.config_merge import load_yaml, merge_file, merge_list  # noqa: E402
 from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
 from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
 
@@ -199,9 +217,7 @@ def print_args(args: argparse.Namespace, cfg) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help-config" in argv:  # every valid key with its default
-        cfg = get_cfg_default()
-        extend_cfg(cfg)
-        print(cfg.dump())
+        print(help_config())
         return
     args = build_parser().parse_args(argv)
     try:

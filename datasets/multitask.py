@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
 from yacs.config import CfgNode as CN
 
-from .config import MEMBER_NODES, add_dataset_config
+from config.dataset import MEMBER_NODES, add_dataset_config
+
 from .errors import DatasetError
 from .task_info import METRICS, TaskInfo, task_info_of
 

@@ -14,9 +14,15 @@ file registers the trainer and its keys first):
         --config-file examples/configs/TaskWordCoOp/tiny.yaml \\
         --output-dir output/toy/TaskWordCoOp/tiny_1shots/seed1 DATASET.NUM_SHOTS 1
 
-or sweep it with ``bash examples/my_trainer.sh``. To make it a built-in trainer,
-move this file to ``trainers/`` and add ``from . import my_trainer`` to
-``trainers/__init__.py``; ``python train.py --trainer TaskWordCoOp ...`` then works.
+or sweep it with ``bash examples/my_trainer.sh``. Its keys are registered as every
+in-tree family registers its own (config/softcpt.py, ...), with ``register_config_hook``:
+``python -m examples.my_trainer --help-config`` lists TRAINER.TASKWORD with the rest.
+
+To make it a built-in trainer, move this file to ``trainers/`` and add ``from . import
+my_trainer`` to ``trainers/__init__.py``; ``python train.py --trainer TaskWordCoOp ...``
+then works. For ``python train.py --help-config`` (which imports no trainer) to list its
+keys too, move ``add_taskword_config`` to its own module in ``config/<name>.py`` and
+import that module at the end of ``config/__init__.py``, as config/coop.py is.
 """
 from __future__ import annotations
 
@@ -27,9 +33,9 @@ from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from config import add_prompt_keys, register_config_hook
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.config import add_prompt_keys, register_config_hook
 from trainers.prompt import PromptBuilder, init_context
 
 

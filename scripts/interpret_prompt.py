@@ -202,7 +202,7 @@ def regenerate(saved: dict, ckpt: dict, clip_model) -> tuple[torch.Tensor, Optio
     from yacs.config import CfgNode as CN
 
     from datasets.task_info import TaskInfo
-    from trainers.config import extend_cfg
+    from config import extend_cfg
     from trainers.softcpt import SoftCPTHead
     from trainers.text_encoder import TextEncoder
 

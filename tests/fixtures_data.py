@@ -174,7 +174,7 @@ def make_dataset_cfg(root: str, name: str = "", seed: int = 1, shots: int = 0, y
     """
     from dassl.config import get_cfg_default
 
-    from datasets.config import add_dataset_config
+    from config.dataset import add_dataset_config
     cfg = get_cfg_default()
     add_dataset_config(cfg)
     if yaml:

@@ -16,9 +16,9 @@ from dassl.data.datasets import DATASET_REGISTRY  # noqa: E402
 from fixtures_data import make_dataset_cfg, write_image, write_image_folder  # noqa: E402
 
 import train  # noqa: E402
+from config import ConfigError  # noqa: E402
+from config.softcpt import check_softcpt_cfg, resolve_variant  # noqa: E402
 from datasets.errors import DatasetError  # noqa: E402
-from trainers.config import ConfigError  # noqa: E402
-from trainers.softcpt import check_softcpt_cfg, resolve_variant  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -128,8 +128,9 @@ def softcpt_run(tmp_path, tiny_clip, variant="NATA"):
     from dassl.config import get_cfg_default
 
     from datasets.task_info import TaskInfo
-    from trainers.config import extend_cfg
-    from trainers.softcpt import SoftCPTHead, resolve_variant
+    from config import extend_cfg
+    from config.softcpt import resolve_variant
+    from trainers.softcpt import SoftCPTHead
 
     cfg = get_cfg_default()
     extend_cfg(cfg)

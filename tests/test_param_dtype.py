@@ -18,7 +18,7 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 from dassl.utils import set_random_seed  # noqa: E402
 
 import train  # noqa: E402
-from trainers.config import ConfigError  # noqa: E402
+from config import ConfigError  # noqa: E402
 
 TOY = "configs/datasets/toy.yaml"
 NODES = {"SoftCPT": "SOFTCPT", "CoOp": "COOP", "CoCoOp": "COCOOP"}

@@ -18,9 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SELF = Path(__file__).resolve()  # plants broken references on purpose
-FOLDERS = ["docs", "trainers", "datasets", "configs", "scripts", "examples", ".ci"]
+FOLDERS = ["docs", "config", "trainers", "datasets", "configs", "scripts", "examples", ".ci"]
 SUFFIXES = {".md", ".py", ".sh", ".yaml", ".yml", ".toml", ".txt"}
-TOP = ("docs", "scripts", "configs", "trainers", "datasets", "examples", "tests")
+TOP = ("docs", "scripts", "configs", "config", "trainers", "datasets", "examples", "tests")
 DOCUMENTS = ["README.md", "INSTALL.md", "DATASETS.md", "CONTRIBUTING.md"]  # plus docs/*.md
 
 MD_LINK = re.compile(r"\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")

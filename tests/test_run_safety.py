@@ -20,7 +20,8 @@ import train  # noqa: E402
 from trainers import base as base_module  # noqa: E402
 from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers import run_folder  # noqa: E402
-from trainers.config import ConfigError, config_differences  # noqa: E402
+from config import ConfigError  # noqa: E402
+from config.run_settings import config_differences  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["--seed", "1", "--trainer", "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml",

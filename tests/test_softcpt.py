@@ -21,13 +21,8 @@ from yacs.config import CfgNode as CN  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.losses import multitask_loss, training_columns  # noqa: E402
-from trainers.softcpt import (  # noqa: E402
-    VARIANTS,
-    SoftCPTHead,
-    add_softcpt_config,
-    check_softcpt_cfg,
-    resolve_variant,
-)
+from config.softcpt import VARIANTS, add_softcpt_config, check_softcpt_cfg, resolve_variant  # noqa: E402
+from trainers.softcpt import SoftCPTHead  # noqa: E402
 
 TASKS = TaskInfo(keys=("plants", "pets"), names=("plant disease", "pet breed"),
                  classnames=(("apple_scab", "healthy leaf", "rust"),

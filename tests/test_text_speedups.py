@@ -20,13 +20,14 @@ import torch
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 from conftest import on_backbones  # noqa: E402
+from config.softcpt import VARIANT_KEYS, VARIANTS  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers import text_encoder  # noqa: E402
 from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.coop import CoOpHead  # noqa: E402
 from trainers.losses import multitask_loss, own_task_prediction  # noqa: E402
 from trainers.prompt import PromptBuilder, init_context, num_tokens  # noqa: E402
-from trainers.softcpt import VARIANT_KEYS, VARIANTS, SoftCPTHead  # noqa: E402
+from trainers.softcpt import SoftCPTHead  # noqa: E402
 from trainers.text_encoder import PREFIX_CHUNK, TextEncoder  # noqa: E402
 
 LONG = "very long ceremonial ancient hand painted porcelain tea cup with golden rim"
@@ -259,7 +260,7 @@ def test_prefix_path_in_half_precision_equals_the_plain_path_to_rounding(any_cli
 def test_every_prompt_trainer_has_the_switches_on_by_default():
     from dassl.config import get_cfg_default
 
-    from trainers.config import extend_cfg
+    from config import extend_cfg
     cfg = get_cfg_default()
     extend_cfg(cfg)
     for node in ("SOFTCPT", "COOP", "COCOOP"):

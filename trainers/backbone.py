@@ -30,6 +30,7 @@ import open_clip
 import torch
 from torch import nn
 
+from config import PRECISIONS
 from trainers.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ COOP_TO_OPENCLIP = {
 }
 TINY = "tiny"
 TINY_B16 = "tiny-b16"
-PRECISIONS = ("fp16", "fp32", "amp")
 OPENAI_CACHE = osp.expanduser("~/.cache/clip")
 
 

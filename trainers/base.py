@@ -21,13 +21,14 @@ from dassl.optim import build_optimizer
 from torch import nn
 from tqdm import tqdm
 
+from config import ConfigError
+from config.run_settings import effective_config
 from datasets.task_info import TaskInfo, task_info_of
 from trainers import checkpoint as ckpt_io
 from trainers import feature_cache
 from trainers.atomic import atomic_write
 from trainers.backbone import load_clip, resolve_precision
 from trainers.checkpoint import HEAD_NAME, CheckpointError  # noqa: F401 (HEAD_NAME: for trainers)
-from trainers.config import ConfigError, effective_config
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
 from trainers.text_encoder import TextEncoder

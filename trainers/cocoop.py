@@ -23,23 +23,12 @@ from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from config.cocoop import check_cocoop_cfg
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.config import add_prompt_keys, check_int
 from trainers.prompt import PromptBuilder, init_context
 
 logger = logging.getLogger(__name__)
-
-
-def add_cocoop_config(cfg: CN) -> None:
-    """Add ``TRAINER.COCOOP`` with CoCoOp's keys (called by ``trainers.config.extend_cfg``)."""
-    node = cfg.TRAINER.COCOOP = CN()
-    add_prompt_keys(node)
-    # Number of context vectors n; ignored when CTX_INIT is given.
-    node.N_CTX = 16
-    # Words initialising every task's context, e.g. "a photo of a" (then n is
-    # their token count); "" draws N(0, 0.02^2).
-    node.CTX_INIT = ""
 
 
 def meta_net(vis_dim: int, width: int) -> nn.Sequential:
@@ -105,9 +94,7 @@ class CoCoOp(MultiTaskPromptTrainer):
     TRAINER_KEY = "COCOOP"
 
     def check_cfg(self, cfg: CN) -> None:
-        node = cfg.TRAINER.COCOOP
-        if not node.CTX_INIT:
-            check_int("TRAINER.COCOOP.N_CTX", node.N_CTX, 1)
+        check_cocoop_cfg(cfg.TRAINER.COCOOP)
 
     def build_head(self, clip_model: nn.Module, task_info: TaskInfo) -> PromptHead:
         head = CoCoOpHead.from_cfg(self.tcfg, clip_model, task_info)

@@ -18,52 +18,15 @@ from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from config.coop import check_coop_cfg
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.config import ConfigError, add_prompt_keys
-from trainers.prompt import POSITIONS, PromptBuilder, init_context
+from trainers.prompt import PromptBuilder, init_context
 
 logger = logging.getLogger(__name__)
 
-SHARINGS = ("task", "all")
 # Name of each baseline in the paper's tables, by (SHARING, CSC).
 BASELINE_NAMES = {("task", False): "CoOp-CA", ("task", True): "CoOp-CS", ("all", False): "CoOp-MT"}
-
-
-def add_coop_config(cfg: CN) -> None:
-    """Add ``TRAINER.COOP`` with CoOp's keys (called by ``trainers.config.extend_cfg``)."""
-    node = cfg.TRAINER.COOP = CN()
-    add_prompt_keys(node)
-    # Number of context vectors n (CoOp's M); ignored when CTX_INIT is given.
-    node.N_CTX = 16
-    # Words initialising the context, e.g. "a photo of a" (then n is their token
-    # count); "" draws N(0, 0.02^2).
-    node.CTX_INIT = ""
-    # Class-specific context: one context per class (CoOp-CS). Needs SHARING "task".
-    node.CSC = False
-    # Where the class name goes: end, middle or front.
-    node.CLASS_TOKEN_POSITION = "end"
-    # Who shares a class-agnostic context: "task" (one per task, CoOp-CA) or
-    # "all" (one for every class of every task, CoOp-MT, hard sharing).
-    node.SHARING = "task"
-
-
-def check_coop_cfg(node: CN) -> None:
-    """Fail before building anything, naming the key and the allowed values."""
-    if node.SHARING not in SHARINGS:
-        raise ConfigError(f"TRAINER.COOP.SHARING is {node.SHARING!r}; allowed: {list(SHARINGS)} "
-                         "(task: CoOp-CA/CS, all: CoOp-MT).")
-    if not isinstance(node.CSC, bool):
-        raise ConfigError(f"TRAINER.COOP.CSC is {node.CSC!r}; allowed: True or False.")
-    if node.CSC and node.SHARING == "all":
-        raise ConfigError("TRAINER.COOP.CSC True gives every class its own context, which "
-                         "TRAINER.COOP.SHARING 'all' cannot share: use SHARING 'task' with CSC True "
-                         "(CoOp-CS) or CSC False with SHARING 'all' (CoOp-MT).")
-    if node.CLASS_TOKEN_POSITION not in POSITIONS:
-        raise ConfigError(f"TRAINER.COOP.CLASS_TOKEN_POSITION is {node.CLASS_TOKEN_POSITION!r}; "
-                         f"allowed: {list(POSITIONS)}.")
-    if not node.CTX_INIT and (not isinstance(node.N_CTX, int) or node.N_CTX < 1):
-        raise ConfigError(f"TRAINER.COOP.N_CTX is {node.N_CTX!r}; allowed: an integer >= 1.")
 
 
 class CoOpHead(PromptHead):

@@ -23,25 +23,14 @@ from dassl.engine import TRAINER_REGISTRY
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
-from yacs.config import CfgNode as CN
 
+import config.linear_probe  # noqa: F401  (registers TRAINER.LINEAR_PROBE)
 from datasets.task_info import TaskInfo, task_info_of
 from trainers.backbone import load_clip, resolve_precision
 from trainers.base import HEAD_NAME, MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead
 from trainers.evaluator import task_scores
 
 logger = logging.getLogger(__name__)
-
-
-def add_linear_probe_config(cfg: CN) -> None:
-    """Add ``TRAINER.LINEAR_PROBE`` (called by ``trainers.config.extend_cfg``)."""
-    node = cfg.TRAINER.LINEAR_PROBE = CN()
-    # Precision of the frozen image encoder: fp16 (GPU), fp32 or amp.
-    node.PREC = "fp16"
-    # Inverse regularisation strengths C tried per task on the validation split.
-    node.C_GRID = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
-    # Iteration limit of scikit-learn's lbfgs solver.
-    node.MAX_ITER = 1000
 
 
 class LinearProbeHead(PromptHead):

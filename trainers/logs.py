@@ -22,7 +22,7 @@ from typing import Optional
 
 LOG_NAME = "log.txt"
 
-PROJECT_LOGGERS = ("trainers", "datasets", "__main__", "train")
+PROJECT_LOGGERS = ("trainers", "datasets", "config", "__main__", "train")
 
 
 class _CurrentStdout(logging.StreamHandler):

@@ -12,7 +12,7 @@ import open_clip
 import torch
 from torch import nn
 
-POSITIONS = ("end", "middle", "front")
+from config import POSITIONS
 
 
 def tokenize(texts: Sequence[str]) -> torch.Tensor:

@@ -8,7 +8,7 @@ removed only by the holder, so never while another process is writing them.
 
 ``check_settings`` compares the config a folder recorded (in its newest
 checkpoint, else its results.json) with this run's: any difference in a key that
-changes results (all but ``trainers.config.RUN_ONLY_KEYS``) stops the run before
+changes results (all but ``config.run_settings.RUN_ONLY_KEYS``) stops the run before
 it resumes, skips or overwrites anything (docs/reliability.md#guarantees).
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Iterator, Optional
 import torch
 from filelock import FileLock, Timeout
 
+from config import ConfigError
+from config.run_settings import config_differences, describe_differences, effective_config
 from trainers import checkpoint as ckpt_io
 from trainers.atomic import atomic_write, remove_stale_temps
-from trainers.config import ConfigError, config_differences, describe_differences, effective_config
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".run.lock"

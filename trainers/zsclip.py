@@ -14,20 +14,13 @@ from typing import Optional
 import torch
 from dassl.engine import TRAINER_REGISTRY
 from torch import nn
-from yacs.config import CfgNode as CN
 
+import config.zsclip  # noqa: F401  (registers TRAINER.ZSCLIP)
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.config import add_prompt_keys
 from trainers.prompt import PromptBuilder
 
 logger = logging.getLogger(__name__)
-
-
-def add_zsclip_config(cfg: CN) -> None:
-    """Add ``TRAINER.ZSCLIP`` (called by ``trainers.config.extend_cfg``): PREC and the shared keys."""
-    node = cfg.TRAINER.ZSCLIP = CN()
-    add_prompt_keys(node)
 
 
 def template_prompts(task_info: TaskInfo) -> list[str]:

@@ -63,13 +63,14 @@ from torch.utils._pytree import tree_leaves  # noqa: E402
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, REPO)
 
+from config.softcpt import VARIANT_KEYS, VARIANTS  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.backbone import load_clip  # noqa: E402
 from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.losses import multitask_loss, training_columns  # noqa: E402
 from trainers.coop import CoOpHead  # noqa: E402
 from trainers.prompt import num_tokens  # noqa: E402
-from trainers.softcpt import VARIANT_KEYS, VARIANTS, SoftCPTHead  # noqa: E402
+from trainers.softcpt import SoftCPTHead  # noqa: E402
 
 # General-10 in task order (docs/benchmarks.md#general-10): (key, class count, task name).
 GENERAL10 = [

@@ -1,25 +1,30 @@
 """The DATASET.* keys this project adds to Dassl's defaults.
 
-``add_dataset_config(cfg)`` is called by ``trainers/config.py::extend_cfg``
-(and by tests) on ``dassl.config.get_cfg_default()`` before any merge. Every
-key has a default, so yacs still rejects a misspelt key. Calling it twice is
-harmless: keys that exist are left as they are.
+``add_dataset_config(cfg)`` is a config hook: ``config.extend_cfg`` calls it on
+``dassl.config.get_cfg_default()`` before any merge, and datasets/multitask.py
+(for each member) and the tests call it directly. Every key has a default, so
+yacs still rejects a misspelt key. Calling it twice is harmless: keys that exist
+are left as they are. Named for the DATASET node (not ``datasets``, the package
+that builds them).
 """
 from __future__ import annotations
 
 from yacs.config import CfgNode as CN
+
+from config import register_config_hook
 
 # Sub-nodes that describe one member; MultiTask resets them to these defaults
 # before applying a member's own options, so top-level values never leak in.
 MEMBER_NODES = ("IMAGE_FOLDER", "FASHION20", "MULTITASK")
 
 
+@register_config_hook
 def add_dataset_config(cfg: CN) -> None:
     """Add the dataset keys to ``cfg`` (a Dassl default config)."""
     d = cfg.DATASET
     # Shots per class drawn from the training split; 0 = the whole training set.
     # Dassl's default -1 means the same, but a negative value is refused here
-    # (trainers/config.py::check_values), so the default becomes 0.
+    # (config.check_values), so the default becomes 0.
     if d.get("NUM_SHOTS") == -1:
         d.NUM_SHOTS = 0
     # CoOp's base-to-new split, applied after the few-shot draw and, in a

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
-from trainers.config import ConfigError
+from config import ConfigError
 
 HELP = "see docs/troubleshooting.md#configuration; `python train.py --help-config` lists every key"
 

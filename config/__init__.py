@@ -1,19 +1,34 @@
-"""Every config key this project adds to Dassl's defaults, in one place.
+"""Every config key this project adds to Dassl's defaults, and the checks of their values.
+
+A leaf: this package imports only yacs, yaml and the standard library, so building
+the config, ``python train.py --help-config`` and every value check work without
+torch, open_clip or Dassl's engine. As in Dassl, the Python ``config`` package holds
+the keys' code and the ``configs/`` folder the YAML files that set them.
 
 ``extend_cfg`` is the only entry point: ``train.py`` and the tests call it on
-``dassl.config.get_cfg_default()``. Each trainer family keeps its own keys next
-to its code (``add_<family>_config``) and is listed here.
+``dassl.config.get_cfg_default()``. It adds the common keys below, then calls every
+hook registered with ``register_config_hook``, in the order they were registered.
+Each key family registers its own hook when its module is imported: the in-tree ones
+(``config/dataset.py``, ``config/softcpt.py``, ``config/coop.py``, ``config/cocoop.py``,
+``config/zsclip.py``, ``config/linear_probe.py``) are imported at the end of this file;
+a trainer kept outside the repository's packages does the same from its own file
+(examples/my_trainer.py), imported before the config is built.
+
+The other modules: ``config/merge.py`` merges files and ``KEY VALUE`` options with
+messages a user can act on; ``config/run_settings.py`` says which keys a run records.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-import yaml
 from yacs.config import CfgNode as CN
 
+# CoOp's PREC of CLIP (trainers/backbone.py applies it).
 PRECISIONS = ("fp16", "fp32", "amp")
 # Storage dtype of the learned contexts (docs/method.md#differences-from-the-official-code).
 PARAM_DTYPES = ("fp32", "fp16")
+# Where the class name goes in a class prompt (CLASS_TOKEN_POSITION; trainers/prompt.py).
+POSITIONS = ("end", "middle", "front")
 
 
 class ConfigError(ValueError):
@@ -21,15 +36,18 @@ class ConfigError(ValueError):
     of range. The message names the key, what it accepts and the value given, so
     ``train.py`` prints it without a traceback (docs/troubleshooting.md)."""
 
-# Config hooks of trainers that live outside this package (examples/my_trainer.py).
-_EXTRA_HOOKS: list[Callable[[CN], None]] = []
+
+# Every key family's hook, in registration order: the in-tree families (imported at the
+# end of this file) first, then trainers kept outside (examples/my_trainer.py).
+_HOOKS: list[Callable[[CN], None]] = []
 
 
 def register_config_hook(hook: Callable[[CN], None]) -> Callable[[CN], None]:
-    """Decorator: ``extend_cfg`` also calls ``hook(cfg)``, so a trainer kept in its own
-    file (imported before the config is built) adds its keys without editing this one."""
-    if hook not in _EXTRA_HOOKS:
-        _EXTRA_HOOKS.append(hook)
+    """Decorator: ``extend_cfg`` calls ``hook(cfg)``, so a key family (a trainer's node, the
+    dataset keys) adds its keys from its own module, without editing this one. Registering
+    the same function again (a module imported twice) adds it once."""
+    if hook not in _HOOKS:
+        _HOOKS.append(hook)
     return hook
 
 
@@ -76,21 +94,7 @@ def extend_cfg(cfg: CN) -> None:
     # Folder of those features; "" means $SOFTCPT_CACHE/features (~/.cache/softcpt/features).
     cfg.TEST.FEATURE_CACHE_DIR = ""
 
-    from datasets.config import add_dataset_config
-    add_dataset_config(cfg)
-
-    # Trainer families, one hook each (imported here to keep this module light).
-    from trainers.softcpt import add_softcpt_config
-    add_softcpt_config(cfg)
-    from trainers.coop import add_coop_config
-    add_coop_config(cfg)
-    from trainers.cocoop import add_cocoop_config
-    add_cocoop_config(cfg)
-    from trainers.zsclip import add_zsclip_config
-    add_zsclip_config(cfg)
-    from trainers.linear_probe import add_linear_probe_config
-    add_linear_probe_config(cfg)
-    for hook in _EXTRA_HOOKS:
+    for hook in _HOOKS:
         hook(cfg)
 
 
@@ -100,8 +104,15 @@ def bad_value(key: str, value, allowed: str) -> ConfigError:
 
 
 def check_int(key: str, value, low: int) -> None:
+    """``value`` is an integer (not a bool) >= ``low``, or a ConfigError naming ``key``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise bad_value(key, value, f"an integer >= {low}")
+
+
+def check_bool(key: str, value) -> None:
+    """``value`` is True or False, or a ConfigError naming ``key``."""
+    if not isinstance(value, bool):
+        raise bad_value(key, value, "True or False")
 
 
 def check_prompt_keys(node: CN, prefix: str) -> None:
@@ -117,13 +128,12 @@ def check_prompt_keys(node: CN, prefix: str) -> None:
                           "gradient scaler keeps fp32 parameters): use PREC fp16 with it, as the "
                           "official code (docs/method.md#differences-from-the-official-code).")
     for key in ("TRUNCATE_TEXT", "SKIP_ABSENT_TASKS", "CACHE_EVAL_TEXT"):
-        if not isinstance(node[key], bool):
-            raise bad_value(f"{prefix}.{key}", node[key], "True or False")
+        check_bool(f"{prefix}.{key}", node[key])
 
 
 def check_values(cfg: CN) -> None:
     """Ranges of the common keys, checked once the config is merged and before any
-    data or model is built. Types were checked by the merge (trainers/config_merge.py);
+    data or model is built. Types were checked by the merge (config/merge.py);
     each trainer checks its own node when it is built."""
     shots = cfg.DATASET.NUM_SHOTS
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
@@ -145,60 +155,6 @@ def check_values(cfg: CN) -> None:
             check_prompt_keys(node, f"TRAINER.{name}")
 
 
-# ------------------------------------------------------------ a run's recorded settings
-# Keys that say where a run reads and writes and how fast it goes, not what it computes: a
-# run's folder may be resumed or evaluated again with other values (docs/reliability.md#guarantees).
-# Every other key changes results, and a rerun into a folder recorded with another value of
-# it is refused (train.py). DATALOADER.NUM_WORKERS is here although it changes the random
-# crops and flips drawn after a resume (each worker has its own generator): a resumed run
-# with another worker count goes on with the same settings, not bit for bit as an
-# uninterrupted one (docs/reliability.md#guarantees).
-RUN_ONLY_KEYS = (
-    "OUTPUT_DIR", "RESUME", "DATASET.ROOT",  # where (sweeps make DATA absolute)
-    "DATALOADER.NUM_WORKERS", "USE_CUDA",  # how fast, on what
-    "TRAIN.PRINT_FREQ", "VERBOSE",  # how much is printed
-    "TRAIN.CHECKPOINT_FREQ",  # which epochs are kept as snapshots (every epoch is resumable)
-    "TEST.FEATURE_CACHE", "TEST.FEATURE_CACHE_DIR",  # the cache is exact (trainers/feature_cache.py)
-)
-
-
-def effective_config(cfg: CN) -> dict:
-    """The merged config as plain data (YAML's view: tuples are lists) without the
-    RUN_ONLY_KEYS, for checkpoints and results.json: the same wherever and however fast a
-    run went, so two runs of one experiment record the same bytes."""
-    tree = yaml.safe_load(cfg.dump())
-    for key in RUN_ONLY_KEYS:
-        *parents, last = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(last, None)
-    return tree
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"OPTIM.LR": 0.002, ...}`` from a nested config."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def config_differences(recorded: dict, current: dict,
-                       ignore: tuple[str, ...] = RUN_ONLY_KEYS) -> list[tuple[str, Any, Any]]:
-    """(key, recorded value, current value) of every key that changes results and differs.
-
-    Keys missing on one side (a config recorded by an older version) are not compared.
-    """
-    old, new = flatten(recorded), flatten(current)
-    return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
-            if k not in ignore and old[k] != new[k]]
-
-
-def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
-    """One line per key: ``  OPTIM.LR: 0.002 (recorded) -> 0.001 (this run)``."""
-    return "\n".join(f"  {key}: {old!r} (recorded) -> {new!r} (this run)" for key, old, new in diffs)
+# The in-tree key families, each registering its hook on import (after everything above,
+# which they import). Order: the order of extend_cfg's hooks.
+from config import dataset, softcpt, coop, cocoop, zsclip, linear_probe  # noqa: E402,F401,I001
