@@ -86,9 +86,14 @@ def test_save_writes_each_model_its_states_and_best_when_asked(tmp_path):
     assert (n["optimizer"], n["scheduler"]) == (None, {"last_epoch": 3})
 
 
-def test_save_as_best_writes_best_once(tmp_path):
+def test_save_as_best_writes_best_once(tmp_path, monkeypatch):
+    written = []
+    real = ckpt_io.write_checkpoint
+    monkeypatch.setattr(ckpt_io, "write_checkpoint",
+                        lambda state, folder, name="": written.append(name) or real(state, folder, name))
     ckpt_io.save(str(tmp_path), record(0), {"m": nn.Linear(2, 2)}, {"m": None}, {"m": None},
                  model_name=ckpt_io.BEST, is_best=True)
+    assert written == [ckpt_io.BEST]
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checkpoint", "model-best.pth.tar"]
 
 
