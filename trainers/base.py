@@ -1,14 +1,18 @@
 """What every prompt-tuning trainer shares: the frozen CLIP around a learnable
-text head, the multi-task training step, evaluation and learned-only checkpoints.
+text head, and the multi-task training step.
 
 A trainer subclasses ``MultiTaskPromptTrainer``, names its config node
 (``TRAINER_KEY``) and builds a ``PromptHead``: the module that turns context
-into class text features. Everything else (precision, optimizer and Dassl-style
-schedule, STEPS_PER_BATCH, the speed-up switches, results.json) lives here.
+into class text features. Built and run here: precision, PARAM_DTYPE, the
+optimizer and Dassl-style schedule, STEPS_PER_BATCH, the speed-up switches and
+the loss. The hooks Dassl's loop calls for the rest are thin: ``test()`` runs
+trainers/evaluation.py (the test loop on cached image features, results.json);
+``save_model()``, ``resume_model_if_exist()`` and ``load_model()`` run
+trainers/checkpoint.py, which trainers/checkpoint_identity.py guards (trainer,
+backbone fingerprint, head shapes).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os.path as osp
 from typing import Optional
@@ -19,14 +23,13 @@ from dassl.engine import TrainerX
 from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
 from torch import nn
-from tqdm import tqdm
 
 from config import ConfigError
 from config.run_settings import effective_config
 from datasets.task_info import TaskInfo, task_info_of
 from trainers import checkpoint as ckpt_io
-from trainers import feature_cache
-from trainers.atomic import atomic_write
+from trainers import checkpoint_identity as identity
+from trainers import evaluation
 from trainers.backbone import load_clip, resolve_precision
 from trainers.checkpoint import HEAD_NAME, CheckpointError  # noqa: F401 (HEAD_NAME: for trainers)
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
@@ -208,6 +211,7 @@ class MultiTaskPromptTrainer(TrainerX):
             super().update_lr(names)
 
     # ------------------------------------------------------------------- test
+    # The loop, the feature source and results.json: trainers/evaluation.py.
     def feature_logits(self, u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Evaluation logits ``(B, C)`` from normalised image features u ``(B, D)``.
 
@@ -224,8 +228,7 @@ class MultiTaskPromptTrainer(TrainerX):
         if split == "val" and self.val_loader is None:
             split = "test"
         self.set_model_mode("eval")
-        if self.tcfg.CACHE_EVAL_TEXT and not self.model.head.conditional:
-            self._eval_text = self.model.text_features()  # once per evaluation, not per batch
+        self._eval_text = evaluation.class_text_features(self.model, self.tcfg.CACHE_EVAL_TEXT)
         try:
             result = self.evaluate(split)
         finally:
@@ -243,70 +246,36 @@ class MultiTaskPromptTrainer(TrainerX):
                            "images, without the image-feature cache (docs/speed.md#image-feature-cache).", own.__name__)
             return TrainerX.test(self, split)
         loader = self.val_loader if split == "val" else self.test_loader
-        print(f"Evaluate on the *{split}* set")
-        self.evaluator.reset()
-        feats, labels = self.split_features(loader, split)
-        feats, labels = feats.to(self.device), labels.to(self.device)
-        batches = feature_cache.chunks(feats, labels, loader.batch_size)
-        for u, y in tqdm(batches, total=len(loader)):
-            self.evaluator.process(self.feature_logits(u, y), y)
-        results = self.evaluator.evaluate()
+        results = evaluation.evaluate_split(self.evaluator, loader, split, self.split_features,
+                                            self.feature_logits, self.device)
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         return list(results.values())[0]
 
     @torch.no_grad()
     def split_features(self, loader, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised features ``(N, D)`` and labels ``(N,)`` of a loader's images, in order.
-
-        Through the image-feature cache (trainers/feature_cache.py) unless
-        TEST.FEATURE_CACHE is False or the transform is random.
-        """
-        wrapper = loader.dataset
-        # Same images, batch size and order as the loader, whatever its sampler; its own generator.
-        ordered = feature_cache.ordered_loader(loader)
-
-        def encode():
-            for batch in tqdm(ordered, desc=f"encoding {split} images"):
-                images = batch["img"].to(self.device)
-                yield self.model.encode_image(images), batch["label"]
-
-        cfg = self.cfg
-        if not cfg.TEST.FEATURE_CACHE or not feature_cache.is_deterministic(wrapper.transform):
-            if cfg.TEST.FEATURE_CACHE:
-                logger.warning("The %s transform is random: its image features are not cached.", split)
-            return feature_cache.compute(encode())
-        folder = cfg.TEST.FEATURE_CACHE_DIR or feature_cache.default_folder()
+        """Normalised features ``(N, D)`` and labels ``(N,)`` of a loader's images, in order
+        (``evaluation.split_features``: through the image-feature cache when it can)."""
         precision = getattr(self, "precision", str(self.model.dtype))  # a build_model of one's own
-        parts = feature_cache.describe(cfg, self.model.image_encoder, precision, self.device,
-                                       loader, split)
-        return feature_cache.cached_features(folder, parts, cfg.DATASET.NAME, split, encode)
+        return evaluation.split_features(self.model, loader, split, self.cfg, self.device, precision)
 
     def write_results(self, split: str) -> None:
         """results.json (test split) or results_val.json: the evaluator's report, unrounded."""
         if not self.cfg.OUTPUT_DIR:
             return
-        cfg = self.cfg
-        report = dict(getattr(self.evaluator, "report", {}))
-        report.update(trainer=cfg.TRAINER.NAME, dataset=cfg.DATASET.NAME, config=cfg.CONFIG_NAME,
-                      backbone=cfg.MODEL.BACKBONE.NAME, shots=cfg.DATASET.NUM_SHOTS, seed=cfg.SEED,
-                      split=split, epoch=self.epoch + 1 if self.epoch >= 0 else None,
-                      subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
-                      resumed_from_epoch=getattr(self, "resumed_from_epoch", None),
-                      effective_config=effective_config(cfg),
-                      **self.training_setting())
-        name = "results.json" if split == "test" else f"results_{split}.json"
-        atomic_write(osp.join(cfg.OUTPUT_DIR, name), json.dumps(report, indent=2))
+        report = evaluation.results_report(
+            self.cfg, getattr(self.evaluator, "report", {}), split, self.epoch,
+            getattr(self, "resumed_from_epoch", None), effective_config(self.cfg),
+            self.training_setting())
+        evaluation.write_results(self.cfg.OUTPUT_DIR, split, report)
 
     def training_setting(self) -> dict:
-        """What results.json records of the precision and steps (scripts/results.py --paper
-        marks PARAM_DTYPE fp16 runs as the official training's reproduction)."""
-        node = self.tcfg
-        return {"prec": getattr(self, "precision", node.get("PREC")),
-                "param_dtype": node.get("PARAM_DTYPE", "fp32"),
-                "steps_per_batch": node.get("STEPS_PER_BATCH", 1)}
+        """What results.json records of the precision and steps (``evaluation.training_setting``)."""
+        return evaluation.training_setting(self.tcfg, getattr(self, "precision", None))
 
     # ------------------------------------------------------------ checkpoints
+    # Files, save, resume and load: trainers/checkpoint.py; the identity check:
+    # trainers/checkpoint_identity.py. These are the hooks Dassl's loop calls.
     def after_epoch(self) -> None:
         """Dassl's, except that every epoch is saved: a run stopped at any point resumes from its
         last complete epoch. TRAIN.CHECKPOINT_FREQ decides which epochs stay as snapshots."""
@@ -326,18 +295,10 @@ class MultiTaskPromptTrainer(TrainerX):
         """The frozen CLIP a checkpoint was trained on: its name and a fingerprint of its weights
         (hashed once: the backbone never changes, and every epoch's checkpoint records it)."""
         if getattr(self, "_backbone_identity", None) is None:
-            self._backbone_identity = self._hash_backbone()
+            cfg = getattr(self, "cfg", None)
+            backbone = cfg.MODEL.BACKBONE if cfg is not None else None
+            self._backbone_identity = identity.backbone_identity(self.model, backbone)
         return self._backbone_identity
-
-    def _hash_backbone(self) -> dict:
-        cfg = getattr(self, "cfg", None)
-        backbone = cfg.MODEL.BACKBONE if cfg is not None else None
-        model = self.model
-        weights = ":".join(feature_cache.weights_fingerprint(m)[:16]
-                           for m in (model.image_encoder, model.text_encoder))
-        return {"name": backbone.NAME if backbone is not None else None,
-                "pretrained_tag": backbone.PRETRAINED_TAG if backbone is not None else None,
-                "weights": weights}
 
     def checkpoint_identity(self) -> dict:
         """Who saved a checkpoint: the trainer and (SoftCPT) its variant, checked on load."""
@@ -350,28 +311,13 @@ class MultiTaskPromptTrainer(TrainerX):
                    val_result: Optional[float] = None, model_name: str = "") -> None:
         """What was learned, the classes and tasks it was learned on, who learned it, and
         everything that decides the next epoch (optimizer, schedule, random states)."""
-        scaler = getattr(self, "scaler", None)
-        shared = {
-            "epoch": epoch + 1,
-            "val_result": val_result,
-            "task_keys": list(self.task_info.keys),
-            "classnames": self.task_info.all_classnames,
-            **self.checkpoint_identity(),
-            "backbone": self.backbone_identity(),
-            "effective_config": effective_config(self.cfg) if getattr(self, "cfg", None) else None,
-            "rng": ckpt_io.rng_state(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "best_result": float(getattr(self, "best_result", float("-inf"))),
-        }
-        for name in self.get_model_names():
-            optim, sched = self._optims[name], self._scheds[name]
-            state = dict(shared, state_dict=self._models[name].state_dict(),
-                         optimizer=optim.state_dict() if optim else None,
-                         scheduler=sched.state_dict() if sched else None)
-            folder = osp.join(directory, name)
-            ckpt_io.write_checkpoint(state, folder, model_name)
-            if is_best and model_name != ckpt_io.BEST:
-                ckpt_io.write_checkpoint(state, folder, ckpt_io.BEST)
+        cfg = getattr(self, "cfg", None)
+        record = ckpt_io.run_record(
+            epoch, val_result, self.task_info.keys, self.task_info.all_classnames,
+            self.checkpoint_identity(), self.backbone_identity(),
+            effective_config(cfg) if cfg else None, getattr(self, "scaler", None),
+            getattr(self, "best_result", float("-inf")))
+        ckpt_io.save(directory, record, self._models, self._optims, self._scheds, model_name, is_best)
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Continue from the newest checkpoint that loads (Dassl's version trusts the pointer).
@@ -379,44 +325,17 @@ class MultiTaskPromptTrainer(TrainerX):
         Damaged files are skipped with a warning naming them; the random states
         are restored, so the run goes on exactly as it would have uninterrupted.
         """
-        found = {}
-        for name in self.get_model_names():
-            folder = osp.join(directory, name)
-            hit = ckpt_io.newest_loadable(folder, self.device) if osp.isdir(folder) else None
-            if hit is None:
-                if osp.isdir(folder):
-                    logger.warning("No checkpoint in %s loads: training from scratch.", folder)
-                else:
-                    print("No checkpoint found, train from scratch")
-                return 0
-            found[name] = hit
-        print(f"Found checkpoint at {directory} (will resume training)")
-        start = 0
-        for name, (path, ckpt) in found.items():
-            self._check_compatible(ckpt, path, resuming=True)
-            self._models[name].load_state_dict(ckpt["state_dict"])
-            if self._optims[name] is not None and ckpt.get("optimizer") is not None:
-                self._optims[name].load_state_dict(ckpt["optimizer"])
-            if self._scheds[name] is not None and ckpt.get("scheduler") is not None:
-                self._scheds[name].load_state_dict(ckpt["scheduler"])
-            start = ckpt["epoch"]
-            print(f"Loaded {path}\nPrevious epoch: {start}")
-        self._restore_run_state(next(iter(found.values()))[1])
+        found = ckpt_io.resume(directory, self._models, self._optims, self._scheds, self.device,
+                               lambda ckpt, path: self._check_compatible(ckpt, path, resuming=True))
+        if found is None:
+            return 0
+        start, ckpt = found
+        best = ckpt_io.restore_run_state(ckpt, getattr(self, "scaler", None))
+        if best is not None:
+            self.best_result = best
         self.epoch = start - 1  # what results.json reports if no epoch is left to run
         self.resumed_from_epoch = start
         return start
-
-    def _restore_run_state(self, ckpt: dict) -> None:
-        if ckpt.get("rng") is None:
-            logger.warning("The checkpoint holds no random states (saved by an older version): the "
-                           "resumed run will not repeat an uninterrupted one exactly.")
-        else:
-            ckpt_io.restore_rng_state(ckpt["rng"])
-        scaler = getattr(self, "scaler", None)
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("best_result") is not None:
-            self.best_result = ckpt["best_result"]
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
         """Load learned parameters from ``<directory>/prompt_learner``.
@@ -425,79 +344,10 @@ class MultiTaskPromptTrainer(TrainerX):
         checkpoint. Parts that do not depend on the classes load into any
         benchmark; per-class (per-task) parts need the same classes (tasks).
         """
-        if not directory:
-            logger.warning("No --model-dir given: evaluating the model as initialised.")
-            return
-        for name in self.get_model_names():
-            path = ckpt_io.path_to_load(osp.join(directory, name), epoch)
-            ckpt = ckpt_io.read_checkpoint(path, self.device)
-            self._check_compatible(ckpt, path)
-            self._models[name].load_state_dict(ckpt["state_dict"])
-            self.epoch = ckpt["epoch"] - 1
-            logger.info("Loaded %s (epoch %d)", path, ckpt["epoch"])
+        loaded = ckpt_io.load(directory, self._models, self.device, epoch, self._check_compatible)
+        if loaded is not None:
+            self.epoch = loaded - 1
 
     def _check_compatible(self, ckpt: dict, path: str, resuming: bool = False) -> None:
-        saved = {"trainer": ckpt.get("trainer"), "variant": ckpt.get("variant")}
-        own = self.checkpoint_identity()
-        if saved["trainer"] is not None and saved != own:  # older checkpoints record no trainer
-            todo = ("this output folder holds another run, which is kept: give this run its own "
-                    "--output-dir" if resuming else
-                    f"evaluate it as {_who(saved)} (--trainer and the variant of its training run), or "
-                    f"give a --model-dir trained as {_who(own)}")
-            raise CheckpointError(f"{path} was saved by {_who(saved)}; this run is {_who(own)}: {todo}.")
-        self._check_backbone(ckpt, path, resuming)
-        head = self.model.head
-        own_state = head.state_dict()
-        same_classes = ckpt.get("classnames") == self.task_info.all_classnames
-        same_tasks = ckpt.get("task_keys") == list(self.task_info.keys)
-        for key, value in ckpt["state_dict"].items():
-            if key not in own_state:
-                raise CheckpointError(f"{path}: parameter {key!r} does not exist in "
-                                      f"{type(head).__name__} (it has {sorted(own_state)}): was it "
-                                      "saved by another trainer or config?")
-            if key in head.per_class_keys and not same_classes:
-                raise CheckpointError(f"{path}: {key!r} holds one context per class and was trained on "
-                                      "other classes than this benchmark's; per-class contexts cannot "
-                                      "be transferred (use a class-agnostic variant).")
-            if key in head.per_task_keys and not same_tasks:
-                raise CheckpointError(f"{path}: {key!r} holds one context per task and was trained on "
-                                      f"tasks {ckpt.get('task_keys')}, not {list(self.task_info.keys)}.")
-            if value.shape != own_state[key].shape:
-                unknown = "" if saved["trainer"] else (" (and the trainer and variant, which this "
-                                                       "older checkpoint does not record)")
-                raise CheckpointError(f"{path}: {key!r} has shape {tuple(value.shape)}, this model "
-                                      f"needs {tuple(own_state[key].shape)}: check N_CTX and the "
-                                      f"backbone{unknown}.")
-
-
-    def _check_backbone(self, ckpt: dict, path: str, resuming: bool) -> None:
-        saved = ckpt.get("backbone")
-        if not saved:  # older checkpoints record no backbone
-            return
-        own = self.backbone_identity()
-        if saved == own:
-            return
-        if resuming:
-            todo = ("this output folder holds a run on that backbone, which is kept: give this run its "
-                    "own --output-dir")
-        elif saved["name"] == own["name"]:
-            todo = ("the same name with other weights: evaluate with the weights it was trained with "
-                    "(the same file or MODEL.BACKBONE.PRETRAINED_TAG), or give a --model-dir trained "
-                    "on these")
-        else:
-            todo = (f"evaluate it with the backbone it was trained on (--backbone {saved['name']}), or give "
-                    f"a --model-dir trained on {own['name']}")
-        raise CheckpointError(f"{path} was trained on backbone {_backbone(saved)}; this run uses "
-                              f"{_backbone(own)}: {todo} (docs/reliability.md#guarantees).")
-
-
-def _backbone(identity: dict) -> str:
-    """``RN50 (weights 1a2b...:3c4d...)``, with the open_clip tag when there is one."""
-    tag = f" {identity['pretrained_tag']}" if identity.get("pretrained_tag") else ""
-    return f"{identity['name']}{tag} (weights {identity['weights']})"
-
-
-def _who(identity: dict) -> str:
-    """``trainer SoftCPT, variant NATA`` (no variant for trainers without one)."""
-    text = f"trainer {identity['trainer']}"
-    return f"{text}, variant {identity['variant']}" if identity.get("variant") else text
+        identity.check_compatible(ckpt, path, self.checkpoint_identity(), self.backbone_identity,
+                                  self.model.head, self.task_info, resuming)

@@ -1,4 +1,6 @@
-"""Checkpoint files: writing them whole, finding the right one, reading it with a clear error.
+"""Checkpoints: writing them whole, finding the right one, reading it with a clear error, and
+their life cycle in a run (``save`` every epoch, ``resume`` the newest that loads, ``load``
+one for evaluation); whether a checkpoint belongs to the run is trainers/checkpoint_identity.py.
 
 A model's checkpoints live in ``<run>/<model name>/`` (``prompt_learner/`` as in
 CoOp): ``model.pth.tar-<epoch>``, optionally ``model-best.pth.tar``, and
@@ -20,10 +22,11 @@ import os.path as osp
 import random
 import re
 import signal
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from trainers.atomic import atomic_torch_save, atomic_write
 
@@ -198,6 +201,117 @@ def _check_pointer(folder: str, loadable: list[str], any_file: bool) -> None:
     elif osp.join(folder, name) not in loadable:
         logger.warning("%s names %s, which is not the newest loadable checkpoint: finding it by its "
                        "file name.", pointer, name)
+
+
+# ------------------------------------------------------------------ life cycle
+# What a trainer saves, resumes and loads, over Dassl's registries of models, optimizers
+# and schedulers (name -> object, ``TrainerBase._models`` / ``_optims`` / ``_scheds``).
+Check = Callable[[dict, str], None]  # raises a CheckpointError if (checkpoint, path) is not this run's
+
+
+def run_record(epoch: int, val_result: Optional[float], task_keys: Sequence[str],
+               classnames: Sequence[str], identity: dict, backbone: dict,
+               effective_config: Optional[dict], scaler, best_result: float) -> dict:
+    """What every model's checkpoint of epoch ``epoch`` (0-based) holds besides its own state:
+    the classes and tasks it was learned on, who learned it (``identity``: trainer, variant;
+    ``backbone``), the config, and what decides the next epoch (random states, the amp
+    scaler, the best validation result so far)."""
+    return {
+        "epoch": epoch + 1,
+        "val_result": val_result,
+        "task_keys": list(task_keys),
+        "classnames": classnames,
+        **identity,
+        "backbone": backbone,
+        "effective_config": effective_config,
+        "rng": rng_state(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "best_result": float(best_result),
+    }
+
+
+def save(directory: str, record: dict, models: Mapping[str, nn.Module], optims: Mapping,
+         scheds: Mapping, model_name: str = "", is_best: bool = False) -> None:
+    """``<directory>/<name>/model.pth.tar-<epoch>`` (or ``model_name``) for every model: ``record``
+    (``run_record``) with the model's, its optimizer's and its scheduler's states; also
+    ``model-best.pth.tar`` when ``is_best``."""
+    for name in models:
+        optim, sched = optims[name], scheds[name]
+        state = dict(record, state_dict=models[name].state_dict(),
+                     optimizer=optim.state_dict() if optim else None,
+                     scheduler=sched.state_dict() if sched else None)
+        folder = osp.join(directory, name)
+        write_checkpoint(state, folder, model_name)
+        if is_best and model_name != BEST:
+            write_checkpoint(state, folder, BEST)
+
+
+def resume(directory: str, models: Mapping[str, nn.Module], optims: Mapping, scheds: Mapping,
+           device: torch.device, check: Check) -> Optional[tuple[int, dict]]:
+    """Load every model's newest checkpoint that loads (``newest_loadable``), with its
+    optimizer's and scheduler's states, after ``check(checkpoint, path)``.
+
+    Returns (the epoch to continue after, the first model's checkpoint, for
+    ``restore_run_state``), or None (after saying why) when a model has none: the run
+    trains from scratch.
+    """
+    found = {}
+    for name in models:
+        folder = osp.join(directory, name)
+        hit = newest_loadable(folder, device) if osp.isdir(folder) else None
+        if hit is None:
+            if osp.isdir(folder):
+                logger.warning("No checkpoint in %s loads: training from scratch.", folder)
+            else:
+                print("No checkpoint found, train from scratch")
+            return None
+        found[name] = hit
+    print(f"Found checkpoint at {directory} (will resume training)")
+    start = 0
+    for name, (path, ckpt) in found.items():
+        check(ckpt, path)
+        models[name].load_state_dict(ckpt["state_dict"])
+        if optims[name] is not None and ckpt.get("optimizer") is not None:
+            optims[name].load_state_dict(ckpt["optimizer"])
+        if scheds[name] is not None and ckpt.get("scheduler") is not None:
+            scheds[name].load_state_dict(ckpt["scheduler"])
+        start = ckpt["epoch"]
+        print(f"Loaded {path}\nPrevious epoch: {start}")
+    return start, next(iter(found.values()))[1]
+
+
+def restore_run_state(ckpt: dict, scaler=None) -> Optional[float]:
+    """Put back the random states and the amp ``scaler``'s state saved in ``ckpt``; returns the
+    best validation result it records (None when it records none)."""
+    if ckpt.get("rng") is None:
+        logger.warning("The checkpoint holds no random states (saved by an older version): the "
+                       "resumed run will not repeat an uninterrupted one exactly.")
+    else:
+        restore_rng_state(ckpt["rng"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    return ckpt.get("best_result")
+
+
+def load(directory: str, models: Mapping[str, nn.Module], device: torch.device,
+         epoch: Optional[int], check: Check) -> Optional[int]:
+    """Load every model's learned parameters from ``<directory>/<name>/`` for evaluation: epoch
+    ``epoch``, else model-best, else the newest (``path_to_load``), after ``check``.
+
+    Returns the epoch (1-based) loaded, or None (with a warning) when ``directory`` is empty.
+    """
+    if not directory:
+        logger.warning("No --model-dir given: evaluating the model as initialised.")
+        return None
+    loaded = None
+    for name in models:
+        path = path_to_load(osp.join(directory, name), epoch)
+        ckpt = read_checkpoint(path, device)
+        check(ckpt, path)
+        models[name].load_state_dict(ckpt["state_dict"])
+        loaded = ckpt["epoch"]
+        logger.info("Loaded %s (epoch %d)", path, ckpt["epoch"])
+    return loaded
 
 
 # ------------------------------------------------------------------ random states
