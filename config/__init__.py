@@ -78,6 +78,21 @@ def add_prompt_keys(node: CN) -> None:
     node.CACHE_EVAL_TEXT = True
 
 
+def add_context_keys(node: CN, n_ctx: int) -> None:
+    """The learned context of a CoOp-style head: its length and its initial words."""
+    # Number of context vectors n (CoOp's M); ignored when CTX_INIT is given.
+    node.N_CTX = n_ctx
+    # Words initialising the context, e.g. "a photo of a" (then n is their token
+    # count); "" draws N(0, 0.02^2).
+    node.CTX_INIT = ""
+
+
+def check_context_keys(node: CN, prefix: str) -> None:
+    """N_CTX's range, where it counts: with CTX_INIT, n is the words' token count."""
+    if not node.CTX_INIT:
+        check_int(f"{prefix}.N_CTX", node.N_CTX, 1)
+
+
 def extend_cfg(cfg: CN) -> None:
     """Add the project's keys to a Dassl default config (before any merge)."""
     # open_clip weights for a backbone that is not one of CoOp's OpenAI names:

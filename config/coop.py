@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from config import (ConfigError, POSITIONS, add_prompt_keys, bad_value, check_bool, check_int,
-                    check_prompt_keys, register_config_hook)
+from config import (ConfigError, POSITIONS, add_context_keys, add_prompt_keys, bad_value, check_bool,
+                    check_context_keys, check_prompt_keys, register_config_hook)
 
 SHARINGS = ("task", "all")
 
@@ -18,11 +18,7 @@ def add_coop_config(cfg: CN) -> None:
     """Add ``TRAINER.COOP`` with CoOp's keys (a config hook: ``config.extend_cfg`` calls it)."""
     node = cfg.TRAINER.COOP = CN()
     add_prompt_keys(node)
-    # Number of context vectors n (CoOp's M); ignored when CTX_INIT is given.
-    node.N_CTX = 16
-    # Words initialising the context, e.g. "a photo of a" (then n is their token
-    # count); "" draws N(0, 0.02^2).
-    node.CTX_INIT = ""
+    add_context_keys(node, 16)  # N_CTX, CTX_INIT
     # Class-specific context: one context per class (CoOp-CS). Needs SHARING "task".
     node.CSC = False
     # Where the class name goes: end, middle or front.
@@ -46,5 +42,4 @@ def check_coop_cfg(node: CN) -> None:
     if node.CLASS_TOKEN_POSITION not in POSITIONS:
         raise bad_value("TRAINER.COOP.CLASS_TOKEN_POSITION", node.CLASS_TOKEN_POSITION,
                         f"{list(POSITIONS)}")
-    if not node.CTX_INIT:  # with CTX_INIT, n is its token count
-        check_int("TRAINER.COOP.N_CTX", node.N_CTX, 1)
+    check_context_keys(node, "TRAINER.COOP")

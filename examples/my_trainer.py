@@ -33,7 +33,7 @@ from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from config import add_prompt_keys, register_config_hook
+from config import add_context_keys, add_prompt_keys, register_config_hook
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
 from trainers.prompt import PromptBuilder, init_context
@@ -44,10 +44,7 @@ def add_taskword_config(cfg: CN) -> None:
     """``TRAINER.TASKWORD``: the shared keys (PREC, ...) and this trainer's own."""
     node = cfg.TRAINER.TASKWORD = CN()
     add_prompt_keys(node)
-    # Number of shared context vectors; ignored when CTX_INIT is given.
-    node.N_CTX = 4
-    # Words initialising the context (then N_CTX is their token count); "" draws N(0, 0.02^2).
-    node.CTX_INIT = ""
+    add_context_keys(node, 4)  # N_CTX (the shared context's length) and CTX_INIT
 
 
 class TaskWordHead(PromptHead):
