@@ -67,6 +67,13 @@ def softcpt_cache(tmp_path_factory) -> str:
         os.environ["SOFTCPT_CACHE"] = old
 
 
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    """$DATA of a module's real runs on the toy benchmark: written there by the first run, then
+    shared by the module's tests (each writes its runs elsewhere)."""
+    return tmp_path_factory.mktemp("data")
+
+
 @pytest.fixture(autouse=True)
 def project_logging_reset():
     """Undo train.main's logging set-up after each test, so caplog sees records in any order."""
