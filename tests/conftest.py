@@ -49,6 +49,10 @@ def _required_reason(report) -> str:
 # a second one, and on a busy machine (several runs on 2 cores) OpenMP threads spin waiting
 # for each other: the text-speed-up tests took 10x longer with 2 threads than with 1 there.
 torch.set_num_threads(1)
+# The same for the runs the tests start (train.py, sweeps, forked attempts): a paper-config
+# resume case took 150-170 s with torch's default of one thread per core and 80 s with one,
+# measured side by side on the busy 2-core machine. A test that needs another count sets it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 if HAVE_DASSL and importlib.util.find_spec("fixtures_data") is not None:
     from fixtures_data import *  # noqa: F401,F403  (synthetic datasets in real layouts)
@@ -65,6 +69,13 @@ def softcpt_cache(tmp_path_factory) -> str:
         os.environ.pop("SOFTCPT_CACHE", None)
     else:
         os.environ["SOFTCPT_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    """$DATA of a module's real runs on the toy benchmark: written there by the first run, then
+    shared by the module's tests (each writes its runs elsewhere)."""
+    return tmp_path_factory.mktemp("data")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ JOBS=2 with a serial sweep.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,39 +14,17 @@ import sys
 import time
 
 import pytest
+from conftest import needs_dassl
+from stand_ins import fake_python
 
 # Each test runs the sweep scripts (with a stand-in for train.py, or real runs): the full tier.
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="Dassl is not installed")
-
-# Records the devices and thread count it was given, sleeps $SLEEP (only for $SLOW_SHOTS
-# shots when set), fails for $FAIL_SEED,
-# and otherwise writes what a finished run leaves.
-FAKE_PYTHON = """#!/bin/bash
-if [ "$1" = -c ] && [[ "$2" == *"sweep pre-flight"* ]]; then exit 0; fi  # every package is there
-if [ "$1" != train.py ]; then exec {python} "$@"; fi
-while [ $# -gt 0 ]; do
-    case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; DATASET.NUM_SHOTS) shots=$2 ;; esac
-    shift
-done
-mkdir -p "$out"  # train.py's first act, as Dassl opens log.txt there
-echo "$out gpu=${{CUDA_VISIBLE_DEVICES:-none}} threads=${{OMP_NUM_THREADS:-none}} start=$(date +%s.%N)" >> "$CALLS"
-echo "console of $out"
-if [ -z "${{SLOW_SHOTS:-}}" ] || [ "$shots" = "$SLOW_SHOTS" ]; then sleep "${{SLEEP:-0}}"; fi
-if [ "$seed" = "$FAIL_SEED" ]; then echo "boom" >&2; exit 3; fi
-echo '{{"score": 50.0, "trainer": "CoOp", "seed": '$seed', "tasks": []}}' > "$out/results.json"
-touch "$out/done"
-"""
-
 
 @pytest.fixture
 def fake_env(tmp_path):
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable))
-    python.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(python), CALLS=str(tmp_path / "calls.txt"), FAIL_SEED="", SLEEP="0",
+    env = dict(os.environ, PYTHON=fake_python(tmp_path), RUNS=str(tmp_path / "runs.txt"), FAIL_SEED="", SLEEP="0",
                OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SKIP_SETUP="1",
                SHOTS="1 4", SEEDS="1 2 3")
     for key in ("GPUS", "JOBS", "OMP_NUM_THREADS", "LAUNCHER"):
@@ -60,8 +37,9 @@ def sweep(env, *args, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, **kwargs)
 
 
-def calls(env) -> list[list[str]]:
-    with open(env["CALLS"]) as f:
+def started(env) -> list[list[str]]:
+    """The runs started, each as [output folder, gpu=..., threads=..., start=...] ($RUNS)."""
+    with open(env["RUNS"]) as f:
         return [line.split() for line in f.read().splitlines()]
 
 
@@ -102,7 +80,7 @@ def test_gpus_run_one_at_a_time_per_listed_device(fake_env, tmp_path):
     fake_env.update(GPUS="0 1", SLEEP="0.5", PATH=f"{bin_dir}:{fake_env['PATH']}")
     done = sweep(fake_env)
     assert done.returncode == 0, done.stderr
-    runs = calls(fake_env)
+    runs = started(fake_env)
     assert len(runs) == 6
     assert {r[1] for r in runs} == {"gpu=0", "gpu=1"}
     # the script's own source of the core count: nproc (the CPU set under Docker or Slurm,
@@ -117,12 +95,12 @@ def test_gpus_run_one_at_a_time_per_listed_device(fake_env, tmp_path):
     assert done.stdout.count("[sweep] ended") == 6 and "[GPU 1]" in done.stdout
     first = os.path.join(fake_env["OUTPUT"], "toy", "CoOp", "CA", "tiny_1shots", "seed1")
     with open(os.path.join(first, "console.txt")) as f:
-        assert f.read() == f"console of {first}\n"
+        assert f.read() == f"training {first}\n"
     assert "(3/3 seeds)" not in done.stdout and "| CoOp/CA | tiny |" in done.stdout
 
     again = sweep(fake_env)  # all done: skipped, as in a serial sweep
     assert again.returncode == 0 and "0 run(s) ran, 6 skipped as finished, 0 failed" in again.stdout
-    assert len(calls(fake_env)) == 6
+    assert len(started(fake_env)) == 6
 
 
 def test_jobs_failures_and_table_match_a_serial_sweep(fake_env, tmp_path):
@@ -141,7 +119,7 @@ def test_jobs_failures_and_table_match_a_serial_sweep(fake_env, tmp_path):
     assert parallel.stderr.replace(par, fake_env["OUTPUT"]) == failed  # same list, same order
     table = serial.stdout[serial.stdout.index("## toy"):]
     assert parallel.stdout[parallel.stdout.index("## toy"):].replace(par, fake_env["OUTPUT"]) == table
-    assert all(r[1] == "gpu=none" for r in calls(fake_env))
+    assert all(r[1] == "gpu=none" for r in started(fake_env))
 
 
 @pytest.mark.parametrize("env, message", [
@@ -154,7 +132,7 @@ def test_jobs_failures_and_table_match_a_serial_sweep(fake_env, tmp_path):
 def test_bad_parallel_settings_stop_before_any_run(fake_env, env, message):
     done = sweep(dict(fake_env, **env))
     assert done.returncode == 2 and message in done.stderr
-    assert not os.path.exists(fake_env["CALLS"])
+    assert not os.path.exists(fake_env["RUNS"])
 
 
 def test_sigterm_stops_every_run_in_progress(fake_env):
@@ -162,17 +140,17 @@ def test_sigterm_stops_every_run_in_progress(fake_env):
     proc = subprocess.Popen(["bash", "scripts/coop/main.sh", "toy", "tiny", "CA"], cwd=REPO, env=fake_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
-    while not (os.path.exists(fake_env["CALLS"]) and len(calls(fake_env)) == 2):
+    while not (os.path.exists(fake_env["RUNS"]) and len(started(fake_env)) == 2):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
-    runs = [r[0] for r in calls(fake_env)]
+    runs = [r[0] for r in started(fake_env)]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 130
     assert "[sweep] interrupted" in proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()
     assert not live_runs(runs), "runs outlived the sweep"
-    assert len(calls(fake_env)) == 2  # no run started after the signal
+    assert len(started(fake_env)) == 2  # no run started after the signal
 
 
 # ---------------------------------------------------------------- real runs

@@ -58,36 +58,31 @@ def killed_after(source, dest, epoch: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(data_root, tmp_path_factory):
+def uninterrupted(toy_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    return out, run(data_root, out)
+    return out, run(toy_root, out)
 
 
 @pytest.mark.slow  # trains the toy benchmark
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_resume_after_epoch_k_is_bit_identical(data_root, uninterrupted, tmp_path, k):
+def test_resume_after_epoch_k_is_bit_identical(toy_root, uninterrupted, tmp_path, k):
     source, expected = uninterrupted
     assert expected["report"]["resumed_from_epoch"] is None
     killed_after(source, tmp_path, k)
-    resumed = run(data_root, tmp_path)
+    resumed = run(toy_root, tmp_path)
     assert_identical(resumed, expected)
     assert resumed["report"]["resumed_from_epoch"] == k
     assert f"Previous epoch: {k}" in (tmp_path / "log.txt").read_text()
 
 
 @pytest.mark.slow  # trains the toy benchmark
-def test_without_the_random_states_the_resumed_run_differs(data_root, uninterrupted, tmp_path,
+def test_without_the_random_states_the_resumed_run_differs(toy_root, uninterrupted, tmp_path,
                                                           monkeypatch):
     """The comparison above can fail: skipping the restore changes the outcome."""
     source, expected = uninterrupted
     killed_after(source, tmp_path, 2)
     monkeypatch.setattr(ckpt_io, "restore_rng_state", lambda state: None)
-    resumed = run(data_root, tmp_path)
+    resumed = run(toy_root, tmp_path)
     found = differences(resumed, expected)
     assert any(d.startswith("checkpoint.state_dict.") for d in found), found
 
@@ -143,13 +138,13 @@ def test_the_comparison_sees_every_part_of_a_checkpoint_on_both_sides():
 
 
 @pytest.mark.slow  # trains the toy benchmark
-def test_damaged_checkpoints_fall_back_to_the_previous_one(data_root, uninterrupted, tmp_path):
+def test_damaged_checkpoints_fall_back_to_the_previous_one(toy_root, uninterrupted, tmp_path):
     source, expected = uninterrupted
     killed_after(source, tmp_path, 3)
     newest = tmp_path / "prompt_learner" / "model.pth.tar-3"
     newest.write_bytes(newest.read_bytes()[:2752])  # as an in-place write killed half way leaves it
     (tmp_path / "prompt_learner" / "checkpoint").write_text("")
-    resumed = run(data_root, tmp_path)
+    resumed = run(toy_root, tmp_path)
     assert_identical(resumed, expected)
     assert resumed["report"]["resumed_from_epoch"] == 2
     log = (tmp_path / "log.txt").read_text()
@@ -174,7 +169,7 @@ runpy.run_path("train.py", run_name="__main__")
 
 
 @pytest.mark.slow  # trains the toy benchmark
-def test_a_run_killed_during_every_kind_of_write_recovers(data_root, uninterrupted, tmp_path):
+def test_a_run_killed_during_every_kind_of_write_recovers(toy_root, uninterrupted, tmp_path):
     """Real SIGKILLs during each kind of write (half-written temporary files, renames that never
     happened), each followed by a rerun in the same folder, until train.py finishes."""
     _, expected = uninterrupted
@@ -190,7 +185,7 @@ def test_a_run_killed_during_every_kind_of_write_recovers(data_root, uninterrupt
                OMP_NUM_THREADS=str(torch.get_num_threads()))
     env.pop(KILL_ENV, None)
     with open(tmp_path / "console.txt", "w") as console, os.fdopen(read_end) as status:
-        proc = subprocess.Popen([sys.executable, "-c", ATTEMPTS, "--root", str(data_root), "--output-dir",
+        proc = subprocess.Popen([sys.executable, "-c", ATTEMPTS, "--root", str(toy_root), "--output-dir",
                                  str(out), *ARGS], cwd=REPO, env=env, stdin=subprocess.PIPE,
                                 stdout=console, stderr=subprocess.STDOUT, text=True, pass_fds=(write_end,))
         os.close(write_end)

@@ -77,19 +77,14 @@ def common_args(root, trainer: str, config: str, backbone: str, extra: list[str]
             "OPTIM.MAX_EPOCH", str(EPOCHS), "DATALOADER.NUM_WORKERS", "0", *extra]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_paper_config_killed_after_epoch_k_resumes_bit_identically(case, data_root, tmp_path):
+def test_a_paper_config_killed_after_epoch_k_resumes_bit_identically(case, toy_root, tmp_path):
     trainer, config, backbone, extra, k = CASES[case]
     with open(os.path.join(REPO, config)) as f:
         assert "CHECKPOINT_FREQ" not in f.read()  # the paper's files rely on the per-epoch save
     base, run = tmp_path / "uninterrupted", tmp_path / "killed"
-    spec = {"common": common_args(data_root, trainer, config, backbone, extra), "base": str(base),
+    spec = {"common": common_args(toy_root, trainer, config, backbone, extra), "base": str(base),
             "run": str(run), "kill": f"model.pth.tar-{k + 1}:1:partial"}
     proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)], cwd=REPO, text=True,
                           capture_output=True, timeout=600)

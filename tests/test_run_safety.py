@@ -96,15 +96,10 @@ def test_a_full_disk_inside_torch_save_is_found_behind_its_runtime_error(tmp_pat
 
 # ------------------------------------------------------------------ slow: real runs
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def finished(data_root, tmp_path_factory):
+def finished(toy_root, tmp_path_factory):
     """A finished 2-epoch toy run (CHECKPOINT_FREQ 0: only the last epoch is a snapshot)."""
     out = tmp_path_factory.mktemp("finished")
-    train.main(toy_args(data_root, out, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0"))
+    train.main(toy_args(toy_root, out, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0"))
     return out
 
 
@@ -114,10 +109,10 @@ def snapshot(folder) -> dict:
 
 
 @pytest.mark.slow
-def test_a_rerun_with_a_setting_that_changes_results_is_refused(data_root, finished):
+def test_a_rerun_with_a_setting_that_changes_results_is_refused(toy_root, finished):
     before = snapshot(finished)
     with pytest.raises(ConfigError) as err:
-        train.main(toy_args(data_root, finished, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0",
+        train.main(toy_args(toy_root, finished, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0",
                             "OPTIM.LR", "0.001"))
     message = str(err.value)
     assert "  OPTIM.LR: 0.002 (recorded) -> 0.001 (this run)" in message.splitlines()
@@ -128,9 +123,9 @@ def test_a_rerun_with_a_setting_that_changes_results_is_refused(data_root, finis
 
 
 @pytest.mark.slow
-def test_a_rerun_with_only_another_worker_count_goes_on(data_root, finished):
+def test_a_rerun_with_only_another_worker_count_goes_on(toy_root, finished):
     results = (finished / "results.json").read_text()
-    train.main(toy_args(data_root, finished, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0",
+    train.main(toy_args(toy_root, finished, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0",
                         "DATALOADER.NUM_WORKERS", "1"))
     assert "Previous epoch: 2" in (finished / "log.txt").read_text()
     strip = lambda text: text.replace('"resumed_from_epoch": null', '"resumed_from_epoch": 2')  # noqa: E731
@@ -149,7 +144,7 @@ real_load_clip = base_module.load_clip
 
 
 @pytest.mark.slow
-def test_another_backbone_is_refused_for_evaluation_and_resume(data_root, finished, tmp_path,
+def test_another_backbone_is_refused_for_evaluation_and_resume(toy_root, finished, tmp_path,
                                                                monkeypatch):
     ckpt = torch.load(finished / "prompt_learner" / "model.pth.tar-2", weights_only=True)
     assert ckpt["backbone"]["name"] == "tiny" and len(ckpt["backbone"]["weights"]) == 33
@@ -157,20 +152,20 @@ def test_another_backbone_is_refused_for_evaluation_and_resume(data_root, finish
     monkeypatch.setattr(base_module, "load_clip", perturbed_load_clip)
     with pytest.raises(ckpt_io.CheckpointError) as err:
         train.main(["--eval-only", "--model-dir", str(finished), "--output-dir", str(tmp_path / "eval"),
-                    "--root", str(data_root), *TOY])
+                    "--root", str(toy_root), *TOY])
     saved = ckpt["backbone"]["weights"]
     assert f"trained on backbone tiny (weights {saved})" in str(err.value)
     assert "this run uses tiny (weights " in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "eval" / "results.json").exists() and not (tmp_path / "eval" / "done").exists()
     with pytest.raises(ckpt_io.CheckpointError) as err:  # resuming the run on it
-        train.main(toy_args(data_root, finished, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0"))
+        train.main(toy_args(toy_root, finished, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "0"))
     assert f"trained on backbone tiny (weights {saved})" in str(err.value)
     assert "remov" not in str(err.value) and "delet" not in str(err.value)
     assert snapshot(finished) == before
 
 
 @pytest.mark.slow
-def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(data_root, tmp_path, monkeypatch):
+def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(toy_root, tmp_path, monkeypatch):
     """ENOSPC inside torch.save of epoch 2 (as a full disk raises it), then the same command."""
     real_fdopen = os.fdopen
 
@@ -186,7 +181,7 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(data_root, t
         return real_fdopen(fd, *args, **kwargs)
 
     out = tmp_path / "run"
-    args = toy_args(data_root, out, "OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "0")
+    args = toy_args(toy_root, out, "OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "0")
     monkeypatch.setattr(os, "fdopen", fdopen)
     with pytest.raises(train.StorageError) as err:
         train.main(args)
@@ -205,10 +200,10 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(data_root, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["--root", "--output-dir"])
-def test_a_path_that_is_a_file_is_a_one_line_error(data_root, tmp_path, where):
+def test_a_path_that_is_a_file_is_a_one_line_error(toy_root, tmp_path, where):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder\n")
-    root, out = (a_file, tmp_path / "out") if where == "--root" else (data_root, a_file / "run")
+    root, out = (a_file, tmp_path / "out") if where == "--root" else (toy_root, a_file / "run")
     with pytest.raises(train.StorageError) as err:
         train.main(toy_args(root, out, "OPTIM.MAX_EPOCH", "1"))
     message = str(err.value)
@@ -220,7 +215,7 @@ def test_a_path_that_is_a_file_is_a_one_line_error(data_root, tmp_path, where):
 
 
 @pytest.mark.slow
-def test_a_read_only_output_folder_is_a_one_line_error(data_root, tmp_path, monkeypatch):
+def test_a_read_only_output_folder_is_a_one_line_error(toy_root, tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
 
@@ -237,7 +232,7 @@ def test_a_read_only_output_folder_is_a_one_line_error(data_root, tmp_path, monk
         monkeypatch.setattr(run_folder, "FileLock", ReadOnly)
     try:
         with pytest.raises(train.StorageError) as err:
-            train.main(toy_args(data_root, out, "OPTIM.MAX_EPOCH", "1"))
+            train.main(toy_args(toy_root, out, "OPTIM.MAX_EPOCH", "1"))
     finally:
         out.chmod(0o755)
     message = str(err.value)
@@ -256,7 +251,7 @@ with hold(sys.argv[1]):
 
 
 @pytest.mark.slow
-def test_a_second_process_stops_at_once_naming_the_holder(data_root, tmp_path):
+def test_a_second_process_stops_at_once_naming_the_holder(toy_root, tmp_path):
     out = tmp_path / "run"
     (out / "prompt_learner").mkdir(parents=True)
     temp = out / "prompt_learner" / ".model.pth.tar-1.abc123.tmp"  # the holder's file being written
@@ -267,7 +262,7 @@ def test_a_second_process_stops_at_once_naming_the_holder(data_root, tmp_path):
         temp.write_bytes(b"half a checkpoint")
         started = time.monotonic()
         with pytest.raises(run_folder.RunBusy) as err:
-            train.main(toy_args(data_root, out, "OPTIM.MAX_EPOCH", "1"))
+            train.main(toy_args(toy_root, out, "OPTIM.MAX_EPOCH", "1"))
         assert time.monotonic() - started < 5  # at once, not after a timeout
         message = str(err.value)
         assert f"{out} is in use by another run (host {os.uname().nodename}, PID {holder.pid}," in message
@@ -276,16 +271,16 @@ def test_a_second_process_stops_at_once_naming_the_holder(data_root, tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    train.main(toy_args(data_root, out, "OPTIM.MAX_EPOCH", "1"))  # the holder is gone: it may run
+    train.main(toy_args(toy_root, out, "OPTIM.MAX_EPOCH", "1"))  # the holder is gone: it may run
     assert not temp.exists() and (out / "done").exists()
     assert not (out / ".run.owner").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
-def test_a_signal_ends_the_run_cleanly_and_resumably(data_root, tmp_path, signum):
+def test_a_signal_ends_the_run_cleanly_and_resumably(toy_root, tmp_path, signum):
     out = tmp_path / "run"
-    args = toy_args(data_root, out, "DATASET.NUM_SHOTS", "4", "OPTIM.MAX_EPOCH", "500",
+    args = toy_args(toy_root, out, "DATASET.NUM_SHOTS", "4", "OPTIM.MAX_EPOCH", "500",
                     "TRAIN.CHECKPOINT_FREQ", "0")
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -6,7 +6,6 @@ starts it again; it and the real-run tests need Dassl.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,35 +14,13 @@ import sys
 import time
 
 import pytest
+from conftest import needs_dassl
+from stand_ins import fake_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None,
-                                 reason="Dassl is not installed")
 
 # Every test runs the sweep scripts (with a stand-in for train.py, or real runs): the full tier.
 pytestmark = pytest.mark.slow
-
-# Stands in for the interpreter: records train.py's arguments, fails where told, and
-# otherwise writes what a finished run leaves; passes the sweep's pre-flight check at once;
-# anything else goes to the real Python.
-FAKE_PYTHON = """#!/bin/bash
-case "$2" in "# sweep pre-flight"*) exit 0 ;; esac  # tested in test_setup.py; saves an import
-# torch.cuda.device_count() as $CUDA_COUNT says (scripts/parallel.sh asks it without nvidia-smi)
-case "$2" in *device_count*) if [ -n "${{CUDA_COUNT:-}}" ]; then echo "$CUDA_COUNT"; exit 0; fi ;; esac
-if [ "$1" != train.py ]; then exec {python} "$@"; fi
-echo "$*" >> "$CALLS"
-while [ $# -gt 0 ]; do
-    case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; --trainer) trainer=$2 ;;
-                 --config-file) config=$(basename "$2" .yaml) ;; esac
-    shift
-done
-mkdir -p "$out"  # train.py's first act, as Dassl opens log.txt there
-if [ "$seed" = "$FAIL_SEED" ]; then echo "boom" | tee "$out/log.txt" >&2; exit 3; fi
-echo '{{"score": 50.0, "trainer": "'$trainer'", "config": "'$config'", "seed": '$seed', "tasks": []}}' \
-    > "$out/results.json"
-touch "$out/done"
-"""
-
 
 def sweep(script, *args, env=None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True,
@@ -52,10 +29,7 @@ def sweep(script, *args, env=None, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def fake_env(tmp_path):
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable))
-    python.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(python), CALLS=str(tmp_path / "calls.txt"), FAIL_SEED="",
+    env = dict(os.environ, PYTHON=fake_python(tmp_path), CALLS=str(tmp_path / "calls.txt"), FAIL_SEED="",
                OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SKIP_SETUP="1")
     return env
 

@@ -13,10 +13,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PINNED = "c61a1b570ac6333bd50fb5ae06aea59002fb20bb"
 
-# Stands in for the interpreter in scripts/setup.sh: Dassl is never importable, torch is,
+# Stands in for the interpreter in scripts/setup.sh (the sweeps' stand-in, for train.py, is
+# tests/stand_ins.py's): Dassl is never importable, torch is,
 # `-m pip` records its arguments (and fails for GitHub when PIP_GIT_FAILS is set), and
 # anything else goes to the real Python.
-FAKE_PYTHON = """#!/bin/bash
+SETUP_PYTHON = """#!/bin/bash
 case "$*" in
     *"import dassl"*) exit 1 ;;
     *"import torch"*) exit 0 ;;
@@ -47,7 +48,7 @@ def setup_copy(tmp_path) -> tuple[Path, dict]:
     shutil.copy(REPO / "scripts" / "setup.sh", repo / "scripts")
     shutil.copy(REPO / "requirements.txt", repo)
     python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable))
+    python.write_text(SETUP_PYTHON.format(python=sys.executable))
     python.chmod(0o755)
     env = dict(os.environ, PYTHON=str(python), CALLS=str(tmp_path / "calls.txt"), PIP_GIT_FAILS="")
     env.pop("WHEELS", None)

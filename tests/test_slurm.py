@@ -11,7 +11,6 @@ by the next run of the same command.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -22,11 +21,11 @@ import sys
 import time
 
 import pytest
-from conftest import SLURM_REASON
+from conftest import SLURM_REASON, needs_dassl
+from stand_ins import fake_python
 
 # Every test here runs the sweep scripts or a Slurm cluster: the full tier.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one local cluster: one worker
-needs_dassl = pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="Dassl is not installed")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(REPO, "scripts", "slurm", "local_cluster.sh")
@@ -56,25 +55,15 @@ printf '%s\\n' "$*" >> "$STUB/squeue.txt"
 cat "$STUB/queue" 2>/dev/null
 exit "$(cat "$STUB/squeue_rc" 2>/dev/null || echo 0)"
 """
-FAKE_PYTHON = """#!/bin/bash
-if [ "$1" = -c ] && [[ "$2" == *"sweep pre-flight"* ]]; then exit 0; fi  # every package is there
-if [ "$1" != train.py ]; then exec {python} "$@"; fi
-while [ $# -gt 0 ]; do case "$1" in --output-dir) out=$2 ;; esac; shift; done
-mkdir -p "$out"; echo "training $out"
-echo '{{"score": 50.0, "trainer": "CoOp", "tasks": []}}' > "$out/results.json"; touch "$out/done"
-"""
-
-
 @pytest.fixture
 def stub(tmp_path):
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE),
-                       ("python", FAKE_PYTHON.format(python=sys.executable))):
+    python = fake_python(bin_dir)  # also `python` on PATH
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STUB=str(tmp_path), LAUNCHER="slurm",
-               PYTHON=str(bin_dir / "python"), OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"),
+               PYTHON=python, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"),
                SHOTS="1 2", SEEDS="1 2", SKIP_SETUP="1")
     for key in ("GPUS", "JOBS", "SLURM_ARGS", "SLURM_TABLE_ARGS"):
         env.pop(key, None)

@@ -8,27 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from stand_ins import fake_python
 
 from scripts import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = "scripts/softcpt/task_transfer.sh"
-
-# Stands in for the interpreter (as in test_scripts.py): records train.py's arguments and writes
-# what a finished run leaves; passes the pre-flight check; the task listing runs for real.
-FAKE_PYTHON = """#!/bin/bash
-case "$2" in "# sweep pre-flight"*) exit 0 ;; esac
-if [ "$1" != train.py ]; then exec {python} "$@"; fi
-echo "$*" >> "$CALLS"
-while [ $# -gt 0 ]; do
-    case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; --trainer) trainer=$2 ;; esac
-    shift
-done
-mkdir -p "$out"
-echo '{{"score": 50.0, "trainer": "'$trainer'", "seed": '$seed', "tasks": []}}' > "$out/results.json"
-touch "$out/done"
-"""
-
 
 def sweep(*args, env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", SCRIPT, *args], cwd=REPO, env=env, capture_output=True, text=True,
@@ -150,18 +135,10 @@ def test_hold_out_after_subsample_and_its_errors(bench):
 
 
 # ------------------------------------------------------------------ the sweep
-def stand_in(tmp_path) -> str:
-    """An interpreter that records each run it is given and writes its results (FAKE_PYTHON)."""
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.format(python=sys.executable))
-    python.chmod(0o755)
-    return str(python)
-
-
 @pytest.mark.slow
 def test_sweep_trains_without_each_task_and_evaluates_it_alone(env, tmp_path):
     """Stand-in runs: which runs, with which options, in which order; skipping when done."""
-    env.update(PYTHON=stand_in(tmp_path), CALLS=str(tmp_path / "calls.txt"), SHOTS="4", SEEDS="1 2")
+    env.update(PYTHON=fake_python(tmp_path), CALLS=str(tmp_path / "calls.txt"), SHOTS="4", SEEDS="1 2")
     done = sweep("toy", "tiny", "CATA", "OPTIM.MAX_EPOCH", "3", env=env)
     assert done.returncode == 0, done.stderr
     calls = open(env["CALLS"]).read().splitlines()
@@ -192,7 +169,7 @@ def test_sweep_trains_without_each_task_and_evaluates_it_alone(env, tmp_path):
 @pytest.mark.slow
 def test_held_out_picks_the_tasks_and_names_the_valid_ones(env, tmp_path):
     """HELD_OUT=colours: only that task is held out; an unknown key lists the benchmark's tasks."""
-    env.update(PYTHON=stand_in(tmp_path), CALLS=str(tmp_path / "calls.txt"), SHOTS="1", SEEDS="1")
+    env.update(PYTHON=fake_python(tmp_path), CALLS=str(tmp_path / "calls.txt"), SHOTS="1", SEEDS="1")
     bad = sweep("toy", "tiny", "NATA", env=dict(env, HELD_OUT="colors"))
     assert bad.returncode == 2 and "HELD_OUT names 'colors'" in bad.stderr
     assert "its tasks: shapes colours stripes." in bad.stderr and not os.path.exists(env["CALLS"])
