@@ -108,8 +108,13 @@ def find_checkpoint(target: str, epoch: Optional[int]) -> tuple[str, str]:
 
 
 def read_state(path: str) -> dict:
+    """The checkpoint as this project, CoOp or Dassl wrote it (``trainers.checkpoint.load_file``:
+    a warm-up scheduler's pickled successor is read, no other class)."""
+    from trainers import checkpoint as ckpt_io
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = ckpt_io.load_file(path)
+    except ckpt_io.UnexpectedClassError as err:
+        raise InterpretError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise InterpretError(f"cannot read {path} ({type(err).__name__}): the file is truncated or "
                              "not a checkpoint") from None
@@ -164,7 +169,11 @@ def generated_groups(run_dir: str, ckpt: dict, clip_model, per_class: bool,
         notes.append(f"no {interpret.GENERATED_FILE} in {run_dir} (written at evaluation by this "
                      "version): the generated contexts are not shown")
         return []
-    saved = interpret.load_generated(path)
+    try:
+        saved = interpret.load_generated(path)
+    except ValueError as err:  # the learned contexts are still shown
+        notes.append(f"{err}; the generated contexts are not shown")
+        return []
     try:
         per_task, per_cls = regenerate(saved, ckpt, clip_model)
     except Exception as err:  # noqa: BLE001 - fall back to the saved tensors, saying so

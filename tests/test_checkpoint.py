@@ -14,6 +14,7 @@ from dassl.engine import TrainerBase  # noqa: E402
 
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers.base import MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead  # noqa: E402
+from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers.checkpoint import CheckpointError  # noqa: E402
 from trainers.logs import setup_logging  # noqa: E402
 from trainers.prompt import PromptBuilder, init_context  # noqa: E402
@@ -98,6 +99,60 @@ def test_an_unreadable_checkpoint_is_named(tiny_clip, tmp_path):
         bare_trainer(tiny_clip, INFO).load_model(str(tmp_path), epoch=1)
     assert str(err.value).startswith(f"cannot read checkpoint {path} (")
     assert "the file is truncated or not a checkpoint" in str(err.value)
+
+
+OPENED = []
+
+
+class Tripwire:
+    """A class no checkpoint of CoOp, Dassl or this project holds: unpickling it is noticed."""
+
+    def __setstate__(self, state) -> None:
+        OPENED.append(state)
+
+
+@pytest.mark.parametrize("warmup", ["constant", "linear"])
+def test_checkpoints_written_by_dassls_save_checkpoint_are_read(tmp_path, warmup):
+    """Every optimizer and schedule Dassl builds, behind each warm-up: its pickled successor and
+    that one's optimizer come back as the objects Dassl wrote."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR, StepLR
+
+    from coop_files import write_coop_checkpoint
+    from dassl.optim.radam import RAdam
+    schedules = {"cosine": CosineAnnealingLR, "multi_step": MultiStepLR, "single_step": StepLR}
+    optims = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "amsgrad": torch.optim.Adam,
+              "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop, "radam": RAdam}
+    ctx = torch.randn(4, 8)
+    for optim, optim_cls in optims.items():
+        for schedule, sched_cls in schedules.items():
+            path = write_coop_checkpoint(str(tmp_path / optim / schedule), {"ctx": ctx}, 50, warmup,
+                                         optim, schedule)
+            ckpt = ckpt_io.read_checkpoint(path, torch.device("cpu"))
+            assert torch.equal(ckpt["state_dict"]["ctx"], ctx) and ckpt["epoch"] == 50
+            successor = ckpt["scheduler"]["successor"]
+            assert type(successor) is sched_cls and type(successor.optimizer) is optim_cls
+            assert ckpt["scheduler"]["warmup_epoch"] == 1
+
+
+def test_a_checkpoint_pickling_another_class_is_named_and_not_unpickled(tmp_path):
+    path = tmp_path / "model.pth.tar-3"
+    torch.save({"state_dict": {"ctx": torch.zeros(2)}, "epoch": 3, "extra": Tripwire()}, path)
+    with pytest.raises(CheckpointError) as err:
+        ckpt_io.read_checkpoint(str(path), torch.device("cpu"))
+    message = str(err.value)
+    assert message.startswith(f"{path} holds a pickled object of class ") and "Tripwire" in message
+    assert "truncated" not in message and "weights_only" not in message and "\n" not in message
+    assert message.endswith("(docs/reliability.md#reading-checkpoints).")
+    assert OPENED == []
+    # the same object inside a Dassl warm-up scheduler's state: still refused
+    from coop_files import write_coop_checkpoint
+    coop = write_coop_checkpoint(str(tmp_path / "coop"), {"ctx": torch.zeros(2)}, 1)
+    ckpt = ckpt_io.read_checkpoint(coop, torch.device("cpu"))
+    ckpt["scheduler"]["successor"].extra = Tripwire()
+    torch.save(ckpt, coop)
+    with pytest.raises(CheckpointError, match="Tripwire, which is not read"):
+        ckpt_io.read_checkpoint(coop, torch.device("cpu"))
+    assert OPENED == []
 
 
 def test_a_checkpoint_of_another_variant_or_trainer_says_which(tiny_clip, tmp_path):

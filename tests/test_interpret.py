@@ -15,6 +15,7 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 
 from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 
+from coop_files import write_coop_checkpoint  # noqa: E402
 from trainers import interpret  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,10 +75,9 @@ def test_a_checkpoint_of_coops_own_code_reads_with_the_backbone_of_its_log(tmp_p
     ctx = tiny_clip.token_embedding.weight[ids].detach().clone()
     run = tmp_path / "coop" / "seed1"
     (run / "prompt_learner").mkdir(parents=True)
-    state = {"state_dict": {"ctx": ctx, "token_prefix": torch.zeros(3, 1, 64),
-                            "token_suffix": torch.zeros(3, 72, 64)},
-             "epoch": 50, "optimizer": {}, "scheduler": {}, "val_result": None}
-    torch.save(state, run / "prompt_learner" / "model.pth.tar-50")
+    # written by Dassl's save_checkpoint, with CoOp's warm-up scheduler (its successor pickled)
+    write_coop_checkpoint(str(run / "prompt_learner"), {
+        "ctx": ctx, "token_prefix": torch.zeros(3, 1, 64), "token_suffix": torch.zeros(3, 72, 64)})
     (run / "log.txt").write_text("** Arguments **\ntrainer: CoOp\n************\n** Config **\n"
                                  "************\nMODEL:\n  BACKBONE:\n    NAME: RN50\n    PRETRAINED: True\n"
                                  "  HEAD:\n    NAME: \nOPTIM:\n  LR: 0.002\nTRAINER:\n  NAME: CoOp\n"
@@ -93,6 +93,36 @@ def test_a_checkpoint_of_coops_own_code_reads_with_the_backbone_of_its_log(tmp_p
     interpret_prompt.main([str(run / "prompt_learner" / "model.pth.tar-50"), "--backbone", "ViT-B/16",
                            "--csv", str(tmp_path / "w2.csv")])
     assert clip_loads[-1] == ("ViT-B/16", "")  # --backbone overrides the record
+
+
+class Foreign:
+    """An object of a class no checkpoint of CoOp, Dassl or this project pickles."""
+
+    opened = False
+
+    def __setstate__(self, state) -> None:
+        Foreign.opened = True
+
+
+def test_a_foreign_class_and_a_truncated_file_are_told_apart(tmp_path, clip_loads):
+    run = tmp_path / "run"
+    path = write_coop_checkpoint(str(run / "prompt_learner"), {"ctx": torch.zeros(4, 64)}, 5)
+    good = open(path, "rb").read()
+    state = torch.load(path, weights_only=False)  # this test's own file: safe to unpickle
+    state["args"] = Foreign()
+    torch.save(state, path)
+    with pytest.raises(interpret_prompt.InterpretError) as err:
+        interpret_prompt.main([path, "--backbone", "tiny"])
+    message = str(err.value)
+    assert message.startswith(f"{path} holds a pickled object of class ")
+    assert "test_interpret.Foreign, which is not read" in message and "truncated" not in message
+    assert "weights_only" not in message and "\n" not in message and not Foreign.opened
+    open(path, "wb").write(good[: len(good) // 2])  # what an interrupted copy leaves
+    with pytest.raises(interpret_prompt.InterpretError) as err:
+        interpret_prompt.main([path, "--backbone", "tiny"])
+    assert str(err.value).startswith(f"cannot read {path} (")
+    assert str(err.value).endswith("the file is truncated or not a checkpoint")
+    assert clip_loads == []  # both refused before the backbone is loaded
 
 
 def test_a_checkpoint_without_a_recorded_backbone_asks_for_one(tmp_path, clip_loads):
@@ -176,6 +206,17 @@ def test_softcpt_contexts_learned_and_generated_at_the_checkpoints_epoch(tmp_pat
     task = [r for r in rows if r["context"] == "task context (shared)" and r["rank"] == "1"]
     want = np.linalg.norm(head.task_ctx.detach().numpy()[:, None] - emb[None], axis=-1).argmin(1)
     assert [int(r["token_id"]) for r in task] == want.tolist()
+
+
+def test_a_damaged_generated_contexts_file_is_a_note_and_the_learned_contexts_are_shown(
+        tmp_path, tiny_clip, clip_loads, capsys):
+    run, head = softcpt_run(tmp_path, tiny_clip)
+    generated = run / interpret.GENERATED_FILE
+    generated.write_bytes(generated.read_bytes()[:300])
+    rows = read_csv(interpret_prompt.main([str(run), "--topk", "1"]))
+    assert {r["context"] for r in rows} == {"task context (shared)"}
+    assert (f"note: cannot read {generated} (RuntimeError): the file is truncated or not a "
+            "generated-contexts file; the generated contexts are not shown") in capsys.readouterr().out
 
 
 def test_softcpt_class_aware_variant_shows_class_context_and_per_class_generation(tmp_path, tiny_clip,

@@ -11,17 +11,21 @@ import subprocess
 import sys
 import time
 
+import shutil
+
 import pytest
 import torch
 
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 import train  # noqa: E402
-from trainers import base as base_module  # noqa: E402
 from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers import run_folder  # noqa: E402
 from config import ConfigError  # noqa: E402
 from config.run_settings import config_differences  # noqa: E402
+from trainers.backbone import build_tiny_clip, load_clip, tiny_checkpoint  # noqa: E402
+from trainers.feature_cache import weights_fingerprint  # noqa: E402
+from trainers.text_encoder import TextEncoder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["--seed", "1", "--trainer", "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml",
@@ -132,24 +136,18 @@ def test_a_rerun_with_only_another_worker_count_goes_on(toy_root, finished):
     assert (finished / "results.json").read_text() == strip(results)
 
 
-def perturbed_load_clip(*args, **kwargs):
-    """The tiny CLIP with other weights of the same sizes (another checkpoint of that name)."""
-    model = real_load_clip(*args, **kwargs)
-    with torch.no_grad():
-        next(model.visual.parameters()).add_(0.01)
-    return model
-
-
-real_load_clip = base_module.load_clip
-
-
 @pytest.mark.slow
-def test_another_backbone_is_refused_for_evaluation_and_resume(toy_root, finished, tmp_path,
-                                                               monkeypatch):
+def test_another_weights_file_is_refused_for_evaluation_and_resume(toy_root, finished, tmp_path,
+                                                                   monkeypatch):
+    """The tiny backbone's name with another weights file of the same sizes."""
     ckpt = torch.load(finished / "prompt_learner" / "model.pth.tar-2", weights_only=True)
-    assert ckpt["backbone"]["name"] == "tiny" and len(ckpt["backbone"]["weights"]) == 33
+    assert ckpt["backbone"]["name"] == "tiny" and len(ckpt["backbone"]["weights"]) == 32
     before = snapshot(finished)
-    monkeypatch.setattr(base_module, "load_clip", perturbed_load_clip)
+    clip = build_tiny_clip()
+    with torch.no_grad():
+        next(clip.visual.parameters()).add_(0.01)
+    torch.save(clip.state_dict(), tiny_checkpoint(str(tmp_path)))
+    monkeypatch.setenv("SOFTCPT_CACHE", str(tmp_path))
     with pytest.raises(ckpt_io.CheckpointError) as err:
         train.main(["--eval-only", "--model-dir", str(finished), "--output-dir", str(tmp_path / "eval"),
                     "--root", str(toy_root), *TOY])
@@ -162,6 +160,26 @@ def test_another_backbone_is_refused_for_evaluation_and_resume(toy_root, finishe
     assert f"trained on backbone tiny (weights {saved})" in str(err.value)
     assert "remov" not in str(err.value) and "delet" not in str(err.value)
     assert snapshot(finished) == before
+
+
+@pytest.mark.slow
+def test_an_older_fp16_checkpoint_is_evaluated_on_the_cpu(toy_root, finished, tmp_path):
+    """A checkpoint as an older version wrote it on a GPU with PREC fp16 (the encoders hashed as
+    loaded in fp16), evaluated here, where every PREC runs in fp32."""
+    run = tmp_path / "gpu_run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns(".run.*"))
+    path = run / "prompt_learner" / "model.pth.tar-2"
+    ckpt = torch.load(path, weights_only=True)
+    clip = load_clip("tiny", "", "fp16", "cpu")
+    old = ":".join(weights_fingerprint(m)[:16] for m in (clip.visual, TextEncoder(clip)))
+    ckpt["backbone"] = {"name": "tiny", "pretrained_tag": "", "weights": old}
+    torch.save(ckpt, path)
+    out = tmp_path / "eval"
+    train.main(["--eval-only", "--model-dir", str(run), "--output-dir", str(out), "--root",
+                str(toy_root), *TOY, "TRAINER.SOFTCPT.PREC", "fp16"])
+    assert (out / "results.json").exists()
+    assert (f"{path} records its backbone as an older version did (weights {old}, loaded in fp16)"
+            in (out / "log.txt").read_text())
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from torch import nn
 
 from config import PRECISIONS
 from trainers.atomic import atomic_torch_save
+from trainers.feature_cache import tensors_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,44 @@ def _load_openclip_weights(name: str, tag: str, precision: str,
             f"Could not load open_clip weights {arch}/{tag} ({err}). Download them on a machine "
             "with network access and set MODEL.BACKBONE.PRETRAINED_TAG to the file's path. "
             "See INSTALL.md#clip-weights.") from err
+
+
+# ----------------------------------------------------------------------------
+# Which weights: the file they come from, fingerprinted as stored
+# ----------------------------------------------------------------------------
+def weights_file(name: str, pretrained_tag: str = "", pretrained: bool = True) -> Optional[str]:
+    """The file ``load_clip`` reads the weights from; None for random weights (``pretrained``
+    False). Call it after ``load_clip``: a download has then put the file in its cache."""
+    if name in TINY_MODELS:
+        return tiny_checkpoint(name=name)
+    if osp.isfile(name):
+        return name
+    if not pretrained:
+        return None
+    if name in COOP_TO_OPENCLIP and pretrained_tag in ("", "openai"):
+        cached = openai_cache_file(name)
+        if osp.isfile(cached):
+            return cached
+        # where open_clip's download of OpenAI's weights puts them
+        url = open_clip.get_pretrained_url(COOP_TO_OPENCLIP[name], "openai")
+        return osp.join(OPENAI_CACHE, osp.basename(url))
+    if osp.isfile(pretrained_tag):
+        return pretrained_tag
+    cfg = open_clip.get_pretrained_cfg(_openclip_name(name), pretrained_tag)
+    return open_clip.download_pretrained(cfg) or None  # the cached file, once downloaded
+
+
+def file_fingerprint(path: str) -> str:
+    """blake2b of the tensors a weights file stores (names, dtypes, shapes, bytes), read on the
+    CPU as stored: the same file gives the same fingerprint whatever precision and device the
+    model is then loaded in (docs/reliability.md#which-backbone-a-checkpoint-needs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
+        try:  # OpenAI's files are TorchScript archives, as open_clip reads them first
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+        except RuntimeError:
+            state = open_clip.factory.load_state_dict(path, device="cpu")
+    return tensors_fingerprint(state.items())
 
 
 # ----------------------------------------------------------------------------

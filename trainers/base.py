@@ -293,7 +293,8 @@ class MultiTaskPromptTrainer(TrainerX):
 
     def backbone_identity(self) -> dict:
         """The frozen CLIP a checkpoint was trained on: its name and a fingerprint of its weights
-        (hashed once: the backbone never changes, and every epoch's checkpoint records it)."""
+        file, the same in every precision (hashed once: the backbone never changes, and every
+        epoch's checkpoint records it)."""
         if getattr(self, "_backbone_identity", None) is None:
             cfg = getattr(self, "cfg", None)
             backbone = cfg.MODEL.BACKBONE if cfg is not None else None
@@ -349,5 +350,7 @@ class MultiTaskPromptTrainer(TrainerX):
             self.epoch = loaded - 1
 
     def _check_compatible(self, ckpt: dict, path: str, resuming: bool = False) -> None:
+        cfg = getattr(self, "cfg", None)
+        legacy = (lambda: identity.legacy_weights(cfg.MODEL.BACKBONE)) if cfg is not None else None
         identity.check_compatible(ckpt, path, self.checkpoint_identity(), self.backbone_identity,
-                                  self.model.head, self.task_info, resuming)
+                                  self.model.head, self.task_info, resuming, legacy)

@@ -147,10 +147,75 @@ def path_to_load(folder: str, epoch: Optional[int]) -> str:
     return osp.join(folder, f"model.pth.tar-{epochs[-1]}")
 
 
+# ------------------------------------------------------------------ reading
+class UnexpectedClassError(CheckpointError):
+    """A file that pickles an object of a class this project does not unpickle."""
+
+
+READ_DOCS = "docs/reliability.md#reading-checkpoints"
+
+
+def _plain_defaultdict(factory=None, *items) -> dict:
+    """``collections.defaultdict`` read as a plain dict: torch's weights-only reader fills only
+    plain dicts, and a pickled optimizer's ``state`` is a defaultdict (nothing reads it here)."""
+    return dict(*items)
+
+
+def dassl_classes() -> list:
+    """What Dassl's ``save_checkpoint`` pickles besides tensors and plain containers: a warm-up
+    scheduler's (``ConstantWarmupScheduler``, ``LinearWarmupScheduler``) state dict holds its
+    successor, one of the schedulers Dassl's ``build_lr_scheduler`` makes, and that holds
+    its optimizer, one of ``build_optimizer``'s; the optimizer's state is a defaultdict of dict.
+    These exact classes, and no others, are unpickled (``torch.serialization.safe_globals``)."""
+    from torch.optim import SGD, Adam, AdamW, RMSprop
+    from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR, StepLR
+    allowed = [SGD, Adam, AdamW, RMSprop, StepLR, MultiStepLR, CosineAnnealingLR, dict,
+               (_plain_defaultdict, "collections.defaultdict")]
+    try:
+        from dassl.optim.radam import RAdam  # Dassl's own optimizer (OPTIM.NAME radam)
+        allowed.append(RAdam)
+    except ImportError:  # without Dassl, no Dassl class can be in a file to read
+        pass
+    return allowed
+
+
+def _global_name(obj) -> str:
+    return obj[1] if isinstance(obj, tuple) else f"{obj.__module__}.{obj.__qualname__}"
+
+
+def load_file(path: str, device: torch.device | str = "cpu"):
+    """``torch.load`` of a file written by this project, CoOp or Dassl: tensors, plain containers
+    and ``dassl_classes()`` only (weights_only). A file pickling any other class raises an
+    UnexpectedClassError naming the file, the class and what to do; anything else that fails
+    (a truncated file, not a torch file) raises torch's own error, for the caller to name."""
+    allowed = dassl_classes()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - see whether a class was the reason
+        try:  # reads the pickle's names without unpickling anything
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - truncated or not a zip file: the caller says so
+            raise err from None
+        names = {_global_name(a) for a in allowed}
+        unexpected = sorted(g for g in found if g not in names)
+        if not unexpected:
+            raise
+        raise UnexpectedClassError(
+            f"{path} holds a pickled object of class {', '.join(unexpected)}, which is not read: "
+            "checkpoints are read with only tensors, plain containers and the optimizer and "
+            "scheduler classes Dassl's save_checkpoint writes, so the file was not written as "
+            "CoOp, Dassl or this project write checkpoints; if its source is one you trust, "
+            f"save its tensors (its state_dict and epoch) in a new file and give that ({READ_DOCS})."
+        ) from None
+
+
 def read_checkpoint(path: str, device: torch.device) -> dict:
     """Load a checkpoint; a truncated or foreign file raises a CheckpointError naming it."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = load_file(path, device)
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises many kinds for a damaged file
         detail = (str(err).strip().splitlines() or ["no detail"])[0].split(". ")[0]  # torch's are long
         raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {detail}): the "

@@ -78,14 +78,19 @@ def weights_fingerprint(module: nn.Module) -> str:
     memo = getattr(module, _FINGERPRINT_ATTR, None)
     if memo is not None and memo[0] == signature:
         return memo[1]
+    digest = tensors_fingerprint(state)
+    object.__setattr__(module, _FINGERPRINT_ATTR, (signature, digest))  # not a submodule or buffer
+    return digest
+
+
+def tensors_fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """blake2b (40 hex digits) of named tensors, sorted by name: each name, dtype, shape and bytes."""
     h = hashlib.blake2b(digest_size=20)
-    for name, tensor in state:
+    for name, tensor in sorted(named, key=lambda item: item[0]):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
-    digest = h.hexdigest()
-    object.__setattr__(module, _FINGERPRINT_ATTR, (signature, digest))  # not a submodule or buffer
-    return digest
+    return h.hexdigest()
 
 
 def image_list(data_source: Iterable, root: str) -> list[list]:

@@ -118,7 +118,16 @@ def save_generated(path: str, contexts: torch.Tensor, keys: Sequence[str], names
 
 
 def load_generated(path: str) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A ``generated_contexts.pt``; a ValueError (one line naming the file) when it is truncated,
+    pickles a class it should not (``trainers.checkpoint.load_file``) or holds something else."""
+    from trainers import checkpoint as ckpt_io
+    try:
+        state = ckpt_io.load_file(path)
+    except ckpt_io.UnexpectedClassError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise ValueError(f"cannot read {path} ({type(err).__name__}): the file is truncated or not "
+                         "a generated-contexts file") from None
     if not isinstance(state, dict) or "contexts" not in state or "task_names" not in state:
         raise ValueError(f"{path} is not a generated-contexts file of this project")
     return state
