@@ -48,6 +48,7 @@ except ImportError as err:  # pragma: no cover - exercised by hand
 from dassl.config import get_cfg_default  # noqa: E402
 
 from config import ConfigError, check_values, extend_cfg  # noqa: E402
+from config.official import translate_trainer  # noqa: E402
 from config.merge import load_yaml, merge_file, merge_list  # noqa: E402
 
 
@@ -199,11 +200,31 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
 
 def check_trainer(name: str) -> None:
     valid = sorted(TRAINER_REGISTRY.registered_names())
+    official = translate_trainer(name) if name not in valid else None
+    if official:
+        raise ConfigError(official)
     if name not in valid:
         near = difflib.get_close_matches(name, valid, n=3)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise ConfigError(f"unknown trainer {name!r} (--trainer / TRAINER.NAME).{hint} "
                           f"Registered trainers: {valid}. See README.md#trainers.")
+
+
+def check_dataset(name: str) -> None:
+    """DATASET.NAME is registered (Dassl's own check raises a bare ValueError much later)."""
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    valid = sorted(DATASET_REGISTRY.registered_names())
+    if name in valid:
+        return
+    benchmark = osp.join("configs", "datasets", f"{name.lower().replace('-', '')}.yaml")
+    if osp.isfile(osp.join(osp.dirname(osp.abspath(__file__)), benchmark)):
+        hint = f" For the benchmark, give --dataset-config-file {benchmark} (it sets DATASET.NAME)."
+    else:
+        near = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise ConfigError(f"unknown dataset {name!r} (DATASET.NAME).{hint} Registered datasets: {valid}. "
+                      "See DATASETS.md.")
 
 
 def print_args(args: argparse.Namespace, cfg) -> None:
@@ -223,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         cfg = setup_cfg(args)
         check_trainer(cfg.TRAINER.NAME)
+        check_dataset(cfg.DATASET.NAME)
     except ConfigError as err:  # before log.txt is open: add it there all the same
         if not args.eval_only:  # (an eval's --output-dir may be a training run's folder)
             try:
