@@ -74,6 +74,7 @@ import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
 from datasets.errors import DatasetError  # noqa: E402
 from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
+from trainers.backbone import WeightsError  # noqa: E402
 from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
 from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
 from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
@@ -110,7 +111,7 @@ class StorageError(RuntimeError):
 
 
 # Errors whose message says what to fix: printed as `error: ...`, without a traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError, WeightsError)
 STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
                   errno.EDQUOT: "the disk quota is exceeded: free space there",
                   errno.EROFS: "the file system is read-only: choose a writable folder",
