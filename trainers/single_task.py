@@ -7,7 +7,7 @@ its accuracy on a benchmark is not a multi-task score. train.py therefore:
 
 * refuses such a trainer on a benchmark of several tasks, naming the way that works:
   scripts/per_task/main.sh, one run per task with the same shots, seeds and splits, merged
-  into one multi-task result (scripts/per_task.py), as the paper ran its single-task
+  into one multi-task result (scripts/merge_tasks.py), as the paper ran its single-task
   baselines;
 * on one task (``DATASET.SUBSAMPLE_TASKS`` with one task, or a plain dataset) scores it as
   that task, with the task's key, name and declared metric, and writes results.json like
