@@ -234,6 +234,10 @@ def check_dataset(name: str) -> None:
     valid = sorted(DATASET_REGISTRY.registered_names())
     if name in valid:
         return
+    if not name:
+        raise ConfigError("no dataset: give --dataset-config-file configs/datasets/<name>.yaml (a "
+                          "benchmark such as toy or general10, or one dataset), or DATASET.NAME. "
+                          "See DATASETS.md.")
     benchmark = osp.join("configs", "datasets", f"{name.lower().replace('-', '')}.yaml")
     if osp.isfile(osp.join(osp.dirname(osp.abspath(__file__)), benchmark)):
         hint = f" For the benchmark, give --dataset-config-file {benchmark} (it sets DATASET.NAME)."

@@ -36,7 +36,7 @@ SCRIPTS = {"softcpt": "scripts/softcpt/main.sh", "coop": "scripts/coop/main.sh"}
 def sweep(script: str, *args: str, tmp_path, shell: str = "bash") -> subprocess.CompletedProcess:
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), SKIP_SETUP="1", PYTHON=sys.executable)
     return subprocess.run([shell, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=300)
 
 
 # ----------------------------------------------------------------------- sweep scripts
