@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import importlib
 import logging
 import os.path as osp
 import signal
@@ -48,6 +49,7 @@ except ImportError as err:  # pragma: no cover - exercised by hand
 from dassl.config import get_cfg_default  # noqa: E402
 
 from config import ConfigError, check_values, extend_cfg  # noqa: E402
+from config.official import translate_trainer  # noqa: E402
 from config.merge import load_yaml, merge_file, merge_list  # noqa: E402
 
 
@@ -72,7 +74,9 @@ import datasets  # noqa: E402,F401  (registers the datasets)
 import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
 from datasets.errors import DatasetError  # noqa: E402
 from trainers import checkpoint as ckpt_io  # noqa: E402
+from trainers import single_task  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
+from trainers.backbone import WeightsError  # noqa: E402
 from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
 from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
 from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
@@ -109,7 +113,7 @@ class StorageError(RuntimeError):
 
 
 # Errors whose message says what to fix: printed as `error: ...`, without a traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError, WeightsError)
 STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
                   errno.EDQUOT: "the disk quota is exceeded: free space there",
                   errno.EROFS: "the file system is read-only: choose a writable folder",
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=str, default="", help="load model from this directory")
     p.add_argument("--load-epoch", type=int, help="load model weights at this epoch")
     p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: a trainer kept outside trainers/ that registers "
+                        "itself (and its config keys), e.g. my_pkg.kgcoop; repeatable")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                    help="modify config options using the command-line")
     return p
@@ -197,13 +204,48 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
     return osp.join(folder, f"eval_{tag}")
 
 
+def import_modules(names: Sequence[str]) -> None:
+    """``--import``: modules that register trainers (and config hooks) before the config is built."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"--import {name}: cannot import it ({type(err).__name__}: {err}); give a "
+                              "module path importable from this folder, e.g. my_pkg.my_trainer for "
+                              "my_pkg/my_trainer.py (docs/add_a_trainer.md#other-dassl-trainers).") from None
+
+
 def check_trainer(name: str) -> None:
     valid = sorted(TRAINER_REGISTRY.registered_names())
+    official = translate_trainer(name) if name not in valid else None
+    if official:
+        raise ConfigError(official)
     if name not in valid:
         near = difflib.get_close_matches(name, valid, n=3)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise ConfigError(f"unknown trainer {name!r} (--trainer / TRAINER.NAME).{hint} "
                           f"Registered trainers: {valid}. See README.md#trainers.")
+
+
+def check_dataset(name: str) -> None:
+    """DATASET.NAME is registered (Dassl's own check raises a bare ValueError much later)."""
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    valid = sorted(DATASET_REGISTRY.registered_names())
+    if name in valid:
+        return
+    if not name:
+        raise ConfigError("no dataset: give --dataset-config-file configs/datasets/<name>.yaml (a "
+                          "benchmark such as toy or general10, or one dataset), or DATASET.NAME. "
+                          "See DATASETS.md.")
+    benchmark = osp.join("configs", "datasets", f"{name.lower().replace('-', '')}.yaml")
+    if osp.isfile(osp.join(osp.dirname(osp.abspath(__file__)), benchmark)):
+        hint = f" For the benchmark, give --dataset-config-file {benchmark} (it sets DATASET.NAME)."
+    else:
+        near = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise ConfigError(f"unknown dataset {name!r} (DATASET.NAME).{hint} Registered datasets: {valid}. "
+                      "See DATASETS.md.")
 
 
 def print_args(args: argparse.Namespace, cfg) -> None:
@@ -221,8 +263,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     args = build_parser().parse_args(argv)
     try:
+        import_modules(args.imports)
         cfg = setup_cfg(args)
         check_trainer(cfg.TRAINER.NAME)
+        check_dataset(cfg.DATASET.NAME)
     except ConfigError as err:  # before log.txt is open: add it there all the same
         if not args.eval_only:  # (an eval's --output-dir may be a training run's folder)
             try:
@@ -347,12 +391,14 @@ def run(cfg, args: argparse.Namespace) -> None:
     print(f"** System info **\n{collect_env_info()}\n")
 
     trainer = build_trainer(cfg)
+    single_task.adopt(trainer, cfg)  # a trainer of one softmax: one task, or refused
     if args.eval_only:
         print(f"Evaluation only: results go to {cfg.OUTPUT_DIR}")
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
     elif not args.no_train:
         trainer.train()
+    single_task.record_results(trainer, cfg, (args.load_epoch or 0) - 1 if args.eval_only else None)
     if cfg.OUTPUT_DIR and (args.eval_only or not args.no_train):
         # Written last: a sweep skips a run only when this file exists.
         atomic_write(osp.join(cfg.OUTPUT_DIR, DONE_MARKER), "finished\n")

@@ -18,6 +18,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from config import ConfigError
+from config.official import official_file_keys, translate_key
 
 HELP = "see docs/troubleshooting.md#configuration; `python train.py --help-config` lists every key"
 
@@ -25,6 +26,10 @@ HELP = "see docs/troubleshooting.md#configuration; `python train.py --help-confi
 def merge_file(cfg: CN, path: str, flag: str) -> None:
     """Merge the YAML file ``path`` (given by ``flag``, e.g. ``--config-file``) into ``cfg``."""
     data = load_yaml(path, flag)
+    official = official_file_keys(data)
+    if official:  # a config of the official SoftCPT code: every key it needs translated, at once
+        raise ConfigError(f"{flag} {path} is written for the official SoftCPT code: "
+                          + "; ".join(official))
     _merge_tree(cfg, cfg, data, path, "")
 
 
@@ -34,6 +39,9 @@ def merge_list(cfg: CN, opts: Sequence[str], source: str = "command line") -> No
         raise ConfigError(f"{source}: options come in KEY VALUE pairs; {opts[-1]!r} has no "
                           f"value ({HELP}).")
     for key, raw in zip(opts[0::2], opts[1::2]):
+        official = translate_key(key, CN._decode_cfg_value(raw))
+        if official:
+            raise ConfigError(f"{source}: {official}")
         *parents, last = key.split(".")
         node = cfg
         for part in parents:

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # Sweep of the example trainer (examples/my_trainer.py), as scripts/coop/main.sh.
 #
 #   bash examples/my_trainer.sh [BENCHMARK] [CFG] [KEY VALUE ...]

@@ -75,6 +75,14 @@ check_python() {
     fi
 }
 
+# official_form KIND SCRIPT ARGS...: stop before any run when ARGS are the official SoftCPT code's
+# positional form (BENCH CFG SHOTS ...: a number third), printing the equivalent command of
+# SCRIPT, or (KIND softcpt) when the variant is not one (config/official.py,
+# docs/from_the_official_code.md#sweep-scripts).
+official_form() {
+    "$PYTHON" -m config.official "$@" || exit 2
+}
+
 # _abs_path PATH: PATH made absolute against the repository root (the scripts' cwd).
 _abs_path() {
     case "$1" in

@@ -71,10 +71,21 @@ def plan(root: str, datasets: Optional[Sequence[str]] = None, everything: bool =
     return out
 
 
+class FetchError(RuntimeError):
+    """One file could not be fetched: the message names it and how to fetch it by hand."""
+
+
+def drive_url(source: SplitSource) -> str:
+    return f"https://drive.google.com/file/d/{source.drive_id}"
+
+
 def fetch(source: SplitSource, root: str, download: Callable[..., object]) -> str:
-    """Download one file to a temporary name, check it, then rename it into place."""
+    """Download one file to a temporary name, check it, then rename it into place. A failure
+    leaves nothing behind (a folder made for it is removed again) and raises FetchError."""
     dest = os.path.join(root, source.folder, source.filename)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    folder = os.path.dirname(dest)
+    made = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
     tmp = dest + ".part"
     try:
         download(id=source.drive_id, output=tmp, quiet=False)
@@ -82,9 +93,19 @@ def fetch(source: SplitSource, root: str, download: Callable[..., object]) -> st
             with open(tmp) as f:
                 json.load(f)  # a Drive error page is not JSON: never install it
         os.replace(tmp, dest)
+    except Exception as err:  # noqa: BLE001 - offline, quota page, Drive's own errors: one line
+        lines = str(err).strip().splitlines()
+        reason = f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+        if isinstance(err, json.JSONDecodeError):
+            reason = "Drive sent a web page, not the file (its quota or a sign-in page)"
+        raise FetchError(f"cannot fetch {source.filename} for {source.dataset} ({reason}). Fetch it by "
+                         f"hand from {drive_url(source)} (on a machine with network access if this one "
+                         f"has none) and put it at {dest} (DATASETS.md#split-files).") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if made and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
     return dest
 
 
@@ -114,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None, download: Optional[Callable[..., 
     if not os.path.isdir(root):
         raise SystemExit(f"--root {root} does not exist: create $DATA first (see DATASETS.md#split-files)")
     todo = plan(root, args.datasets, args.all)
+    failed = 0
     if not todo:
         logger.info("Nothing to fetch under %s (files present, or no dataset folder; see --datasets).", root)
     for source in todo:
@@ -124,7 +146,14 @@ def main(argv: Optional[Sequence[str]] = None, download: Optional[Callable[..., 
         if download is None:
             import gdown
             download = gdown.download
-        logger.info("fetching %s", fetch(source, root, download))
+        try:
+            logger.info("fetching %s", fetch(source, root, download))
+        except FetchError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+    if failed:
+        print(f"{failed} of {len(todo)} file(s) not fetched; the others are in place.", file=sys.stderr)
+        return 1
     if not args.dry_run:
         for dest in copy_imagenet_classnames(root, args.datasets):
             logger.info("copied ImageNet's classnames.txt to %s", dest)

@@ -62,6 +62,7 @@ if REPO not in sys.path:  # run as a script: the atomic writer and results_table
     sys.path.insert(0, REPO)
 
 from atomic_files import atomic_write  # noqa: E402
+from config.official import official_method  # noqa: E402
 from scripts.results_tables import (  # noqa: E402,F401  (the names callers use, here as before)
     CONFIG_BACKBONES, PAPER_CSV, Summary, config_backbone, markdown, paper_comparison, plot_png,
     read_paper, runs_csv, setting_label, summarize, summarize_transfer, table_csv, tasks_csv,
@@ -75,15 +76,20 @@ OPTION = re.compile(r"_(?P<key>[A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)+)-")
 B2N_SHOTS_DIR = re.compile(r"^shots_(\d+)$")
 B2N_SPLIT_DIR = re.compile(r"^(train_base|test_base|test_new|test_all)$")
 ACCURACY = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
-# A task's line, as printed now (ends "\tmetric: X%") or before (ends "score (<metric>): X%").
-TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:]+): .*(?:\tmetric|score \(\w+\)): "
+# The benchmark score (mean of the task metrics) where a log prints it: ours and the official
+# SoftCPT code's; its "* accuracy:" may be the accuracy over all images, so this one wins.
+OVERALL_METRIC = re.compile(r"\* overall_metric: ([\.\deE+-]+)%")
+# A task's line, as printed now (ends "\tmetric: X%") or before (ends "score (<metric>): X%");
+# the official code's names the task alone in the brackets, ours "KEY: name".
+TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:)]+)(?::[^\t]*)?\).*(?:\tmetric|score \(\w+\)): "
                        r"(?P<score>[\.\deE+-]+)%")
 ARGUMENT = re.compile(r"^(trainer|config_file|seed): (.*)$")
 NUM_SHOTS = re.compile(r"^\s*NUM_SHOTS: (-?\d+)$")
-END_SIGNALS = ("Finish training", "=> result")
+END_SIGNALS = ("Finish training", "Finished training", "=> result")  # upstream Dassl, the official code
 RESULT_FILES = ("results.json", "log.txt")
 # Trainer folder names recognised in runs that recorded no trainer (besides those the tree records).
-BUILTIN_TRAINERS = ("SoftCPT", "CoOp", "CoCoOp", "ZeroshotCLIP", "LinearProbeCLIP")
+BUILTIN_TRAINERS = ("SoftCPT", "CoOp", "CoCoOp", "ZeroshotCLIP", "LinearProbeCLIP",
+                    "MTCoOp", "MTCoOpHard")  # the last two: the official SoftCPT code's
 
 
 @dataclass
@@ -159,7 +165,7 @@ def _is_number(value) -> bool:
 def read_log(path: str) -> tuple[Optional[float], dict, dict]:
     """Score, per-task scores and run facts from a Dassl ``log.txt``."""
     meta: dict = {"setting": ("log", None)}
-    score, tasks, ended, pending = None, {}, False, {}
+    score, tasks, ended, pending, overall = None, {}, False, {}, None
     with open(path, errors="replace") as f:
         for line in f:
             line = line.rstrip("\n")
@@ -170,12 +176,16 @@ def read_log(path: str) -> tuple[Optional[float], dict, dict]:
             if shots and "shots" not in meta:
                 meta["shots"] = int(shots.group(1))
             if any(s in line for s in END_SIGNALS):
-                ended, pending = True, {}
+                ended, pending, overall = True, {}, None
             task = TASK_LINE.search(line)
             if ended and task:
                 pending[task.group("key").strip()] = float(task.group("score"))
+            metric = OVERALL_METRIC.search(line)
+            if ended and metric:
+                overall = score = float(metric.group(1))
+                tasks = pending
             acc = ACCURACY.search(line)
-            if ended and acc:  # the last result printed is the one that counts
+            if ended and acc and overall is None:  # the last result printed is the one that counts
                 score, tasks = float(acc.group(1)), pending
     if meta.get("config_file"):
         meta["config"] = os.path.splitext(os.path.basename(meta["config_file"]))[0]
@@ -292,6 +302,7 @@ def collect(roots: Iterable[str]) -> list[Run]:
     for root, run_dir, (score, tasks, meta, source, reason) in found:
         try:
             bench, method, config, shots, seed = describe(run_dir, root, meta, trainers)
+            method = official_method(method) or method  # the official code's run folders
         except Exception as err:  # noqa: BLE001 - an odd folder must not hide the others
             bench, method, config, shots, seed = "(unplaced)", "unknown", "", 0, None
             score, reason = None, reason or f"cannot tell its benchmark and method from the path ({err})"

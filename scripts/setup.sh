@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # Install what this project needs into the active Python; safe to run again.
 #   torch + torchvision  only when absent (TORCH_SPEC overrides the pinned pair)
 #   requirements.txt     PyPI dependencies (re-run only when the file changes)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # The test command of README.md: set up on first use, then run the suite.
 #   bash scripts/test.sh [PYTEST ARGS]
 # Tests run in TEST_WORKERS processes (pytest-xdist; default: the cores nproc reports, at

@@ -49,10 +49,10 @@ def test_named_datasets_create_their_folders(tmp_path):
     assert files == ["cat_to_name.json", "split_zhou_OxfordFlowers.json"]
 
 
-def test_a_bad_download_leaves_nothing(tmp_path):
-    with pytest.raises(json.JSONDecodeError):
-        ds.main(["--root", str(tmp_path), "--datasets", "EuroSAT"], download=FakeDrive(b"<html>quota</html>"))
-    assert os.listdir(tmp_path / "eurosat") == []
+def test_a_bad_download_leaves_nothing(tmp_path, capsys):
+    code = ds.main(["--root", str(tmp_path), "--datasets", "EuroSAT"], download=FakeDrive(b"<html>quota</html>"))
+    assert code == 1 and "a web page, not the file" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # neither the file nor the folder made for it
 
 
 def test_dry_run_and_missing_root(tmp_path):

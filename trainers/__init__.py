@@ -11,6 +11,9 @@ except ImportError:  # the Dassl-free modules stay importable
     dassl = None
 
 if dassl is not None:
+    from .dassl_compat import patch_warmup_scheduler
+
+    patch_warmup_scheduler()  # other people's Dassl trainers use its warm-up schedulers
     # Imported for their registration side effects only.
     from . import evaluator  # noqa: F401
     from . import softcpt  # noqa: F401

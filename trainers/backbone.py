@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
+import pickle
 import warnings
+import zipfile
 from typing import Optional
 
 import open_clip
@@ -51,6 +53,10 @@ COOP_TO_OPENCLIP = {
 TINY = "tiny"
 TINY_B16 = "tiny-b16"
 OPENAI_CACHE = osp.expanduser("~/.cache/clip")
+
+
+class WeightsError(RuntimeError):
+    """CLIP's weights cannot be loaded: the message names the file and the fix (one line)."""
 
 
 def openai_cache_file(name: str) -> str:
@@ -106,7 +112,12 @@ def _build(name: str, pretrained_tag: str, weights_dtype: str, device: torch.dev
         model = open_clip.load_openai_model(tiny_checkpoint(name=name), precision=weights_dtype,
                                             device=device)
     elif osp.isfile(name):
-        model = open_clip.load_openai_model(name, precision=weights_dtype, device=device)
+        model = load_weights_file(name, weights_dtype, device)
+    elif name not in COOP_TO_OPENCLIP and (name.endswith((".pt", ".pth", ".bin", ".tar"))
+                                          or name.startswith(("/", "~", "."))):
+        raise WeightsError(f"MODEL.BACKBONE.NAME {name}: no such weights file (from {os.getcwd()}); "
+                           "give the checkpoint's path, or a backbone name such as RN50 or ViT-B/16 "
+                           "(INSTALL.md#clip-weights).")
     elif not pretrained:
         model = open_clip.create_model(_openclip_name(name), pretrained=None,
                                        precision=weights_dtype, device=device)
@@ -132,14 +143,63 @@ def _load_openai_weights(name: str, precision: str, device: torch.device | str) 
     cached = openai_cache_file(name)
     if osp.isfile(cached):
         logger.info("Loading %s from %s", name, cached)
-        return open_clip.load_openai_model(cached, precision=precision, device=device)
+        return load_weights_file(cached, precision, device)
     try:
         return open_clip.load_openai_model(COOP_TO_OPENCLIP[name], precision=precision, device=device)
     except Exception as err:  # no network, hub down, ...
-        raise RuntimeError(
-            f"Could not download the OpenAI weights of {name} ({err}). Put the checkpoint file "
-            f"at {cached} (the file the 'clip' package downloads), or set MODEL.BACKBONE.NAME "
-            "to the file's path. See INSTALL.md#clip-weights.") from err
+        raise WeightsError(
+            f"no weights file for MODEL.BACKBONE.NAME {name}: {cached} does not exist and the "
+            f"download failed ({_first_line(err)}). Put the OpenAI checkpoint there (the file the "
+            "'clip' package downloads, copied from a machine with network access), or set "
+            "MODEL.BACKBONE.NAME to the file's path (INSTALL.md#clip-weights).") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+
+
+# What a weights file starts with: a zip archive (TorchScript, as OpenAI ships them, or
+# torch.save since PyTorch 1.6) or a pickle (older torch.save).
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
+
+
+def check_weights_file(path: str) -> None:
+    """Refuse, naming the file and the fix, a weights file that is empty, truncated or not a
+    checkpoint at all (a web page saved in its place), before torch reads it and advises
+    ``weights_only=False`` (unsafe: it would run whatever the file holds)."""
+    size = osp.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    fix = (f"download it again (or copy it from a machine that has it) to {path} "
+           "(INSTALL.md#clip-weights)")
+    if size == 0:
+        raise WeightsError(f"the weights file {path} is empty: {fix}.")
+    if head.startswith(ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):  # the archive's directory sits at its end
+            raise WeightsError(f"the weights file {path} is truncated ({size:,} bytes, the end of "
+                               f"its archive is missing): {fix}.")
+        return
+    if head.startswith(PICKLE_MAGIC):
+        return
+    shown = head[:32].decode("utf-8", "replace").strip().replace("\n", " ")
+    what = "a web page" if shown.lower().startswith(("<!doctype", "<html", "<?xml", "<head")) else \
+        "not a PyTorch checkpoint"
+    raise WeightsError(f"the weights file {path} is {what} (it starts with {shown!r}): {fix}.")
+
+
+def load_weights_file(path: str, precision: str, device: torch.device | str) -> nn.Module:
+    """A CLIP from an OpenAI-format file (TorchScript or state dict), checked first; a file torch
+    still cannot read is named with torch's first line, never with advice to load it unsafely."""
+    check_weights_file(path)
+    try:
+        return open_clip.load_openai_model(path, precision=precision, device=device)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+        reason = _first_line(err).split(" Re-running `torch.load`")[0].split("(1) In PyTorch")[0]
+        raise WeightsError(f"cannot read the weights file {path} ({reason.strip()}): it is damaged "
+                           "or not a CLIP checkpoint; download it again (INSTALL.md#clip-weights).") \
+            from None
 
 
 def _load_openclip_weights(name: str, tag: str, precision: str,

@@ -121,6 +121,9 @@ class MultiTaskPromptTrainer(TrainerX):
     """Dassl trainer for prompt tuning over all tasks of a benchmark at once."""
 
     TRAINER_KEY = ""  # e.g. "SOFTCPT": the node cfg.TRAINER.<TRAINER_KEY>
+    # Each image is scored within its own task (trainers/single_task.py refuses, on a benchmark,
+    # trainers without this).
+    SCORES_WITHIN_TASKS = True
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -21,6 +21,11 @@ import time
 from typing import Optional
 
 LOG_NAME = "log.txt"
+# Upstream Dassl ends training with the line "Finish training", where CoOp's parse_test_res.py
+# starts reading; the official SoftCPT code's parser starts at "Finished training", which its
+# Dassl fork prints. Every log gets the second line under the first, so both parsers read it
+# as their READMEs call them (docs/benchmarks.md#log-lines).
+ALSO_PRINTED = {"Finish training": "Finished training"}
 
 PROJECT_LOGGERS = ("trainers", "datasets", "config", "__main__", "train")
 
@@ -57,15 +62,26 @@ class RunLog:
         self.console = console
         resumed = os.path.exists(path) and os.path.getsize(path) > 0
         self.file = open(path, "a", buffering=1, errors="replace")
+        self._partial = ""  # the line being written (print writes text and "\n" apart)
         if resumed:
             self.file.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')}: a new attempt of this run "
                             "(the earlier attempts are above) =====\n")
 
     def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            self._emit(piece)
+            if not piece.endswith("\n"):
+                self._partial = (self._partial + piece)[-64:]
+                continue
+            line, self._partial = (self._partial + piece).strip(), ""
+            if line in ALSO_PRINTED:
+                self._emit(ALSO_PRINTED[line] + "\n")
+        return len(text)
+
+    def _emit(self, text: str) -> None:
         self.console.write(text)
         if self.file is not None:
             self.file.write(text)
-        return len(text)
 
     def flush(self) -> None:
         self.console.flush()

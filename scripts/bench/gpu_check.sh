@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # The checks that need a GPU, as one prepared run (under 10 minutes on one GPU) that
 # writes one Markdown table: output/gpu_check/gpu_check.md (docs/speed.md#on-a-gpu).
 #

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # CoOp on every task at once, over shots and seeds, then the results table.
 #
 #   bash scripts/coop/main.sh [BENCHMARK] [CFG] [VARIANT] [KEY VALUE ...]
@@ -14,6 +15,7 @@
 # Runs: $OUTPUT/<BENCHMARK>/CoOp/<VARIANT>/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
+official_form coop "$0" "$@"
 
 BENCHMARK=${1:-toy}
 CFG=${2:-tiny}

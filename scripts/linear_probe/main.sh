@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # Linear-probe CLIP (logistic regression per task, C chosen on val), then the results table.
 #
 #   bash scripts/linear_probe/main.sh [BENCHMARK] [CFG] [KEY VALUE ...]

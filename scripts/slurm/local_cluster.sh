@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # A throw-away single-node Slurm on this machine, for the tests of LAUNCHER=slurm
 # (tests/test_slurm.py) and for trying a sweep's submission before using a cluster.
 #

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # The job after a sweep's Slurm job array (submitted by scripts/slurm/submit.sh):
 #
 #   sbatch --dependency=afterany:ARRAY scripts/slurm/table.sh SWEEP_SCRIPT [ARGS...]

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # One task of a sweep's Slurm job array (submitted by scripts/slurm/submit.sh):
 #
 #   sbatch --array=1-N --requeue --open-mode=append --signal=B:USR1@SECS scripts/slurm/task.sh CMDS_FILE

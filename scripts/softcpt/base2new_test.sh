@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # Base-to-new, step 2: evaluate the models of base2new_train.sh on the new classes.
 #
 #   bash scripts/softcpt/base2new_test.sh [BENCHMARK] [CFG] [VARIANT] [KEY VALUE ...]
@@ -13,6 +14,7 @@
 # Class-specific contexts (CSTA, CSTS) cannot move to new classes.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
+official_form softcpt "$0" "$@"
 
 BENCHMARK=${1:-toy}
 CFG=${2:-tiny}

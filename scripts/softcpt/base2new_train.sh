@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # Base-to-new, step 1: train SoftCPT on the base classes (the first ceil(K/2) of every task).
 #
 #   bash scripts/softcpt/base2new_train.sh [BENCHMARK] [CFG] [VARIANT] [KEY VALUE ...]
@@ -9,6 +10,7 @@
 # each is tested on the base classes when it finishes. Then run base2new_test.sh.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
+official_form softcpt "$0" "$@"
 
 BENCHMARK=${1:-toy}
 CFG=${2:-tiny}

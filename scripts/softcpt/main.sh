@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # SoftCPT over shots and seeds, then the results table of the benchmark.
 #
 #   bash scripts/softcpt/main.sh [BENCHMARK] [CFG] [VARIANT] [KEY VALUE ...]
@@ -19,6 +20,7 @@ if [ -f scripts/setup.sh ] && [ "${SKIP_SETUP:-0}" != 1 ]; then
     bash scripts/setup.sh || { echo "[sweep] scripts/setup.sh failed" >&2; exit 1; }
 fi
 source scripts/common.sh
+official_form softcpt "$0" "$@"
 
 BENCHMARK=${1:-toy}
 CFG=${2:-tiny}

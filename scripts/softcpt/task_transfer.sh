@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # Task transfer: for each task in turn, train with that task held out, then evaluate the
 # held-out task with the context the model generates from its name, next to zero-shot CLIP
 # and CoOp-MT under the same protocol (docs/method.md#task-transfer).

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # Zero-shot CLIP with each task's template, then the results table.
 #
 #   bash scripts/zsclip/main.sh [BENCHMARK] [CFG] [KEY VALUE ...]
