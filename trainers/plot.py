@@ -166,18 +166,24 @@ class PLOT(MultiTaskPromptTrainer):
         return logits
 
     # ------------------------------------------------------------------- train
-    def forward_backward(self, batch: dict) -> dict:
-        images, labels, _ = self.parse_batch_train(batch)
+    def batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The multi-task loss of a batch (each task's share times its own PLOT loss) and its
+        accuracy: images scored against their own task's classes only."""
         columns = self.training_columns(labels)
         targets = torch.searchsorted(columns, labels)
         sample_task, column_task = self.task_of_class[labels], self.task_of_class[columns]
         with torch.autocast(self.device.type, enabled=self.precision == "amp"):
             text = self.model.text_features(columns)  # (N, C', D)
-            logits = self.own_task_logits(self.encode_local(images), text, sample_task, column_task,
-                                          f"epoch {self.epoch + 1}, batch {self.batch_idx + 1}")
+            where = f"epoch {getattr(self, 'epoch', 0) + 1}, batch {getattr(self, 'batch_idx', 0) + 1}"
+            logits = self.own_task_logits(self.encode_local(images), text, sample_task, column_task, where)
             loss = multitask_loss(logits, targets, sample_task, column_task)
-        self.optimizer_steps(loss)
         acc = (own_task_prediction(logits, sample_task, column_task) == targets).float().mean()
+        return loss, acc
+
+    def forward_backward(self, batch: dict) -> dict:
+        images, labels, _ = self.parse_batch_train(batch)
+        loss, acc = self.batch_loss(images, labels)
+        self.optimizer_steps(loss)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return {"loss": loss.item(), "acc": 100.0 * acc.item()}
