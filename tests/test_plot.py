@@ -255,6 +255,19 @@ def test_learned_parameters_are_tasks_times_prompts_times_context(tiny_b16_clip)
     assert head.per_task_keys == ("ctx",) and head.context_keys == ("ctx",)
 
 
+def test_the_plan_and_logits_stay_fp32_under_autocast(tiny_clip, images):
+    """PREC amp runs the towers under autocast; the cosines and the plan must not follow
+    (on CPU autocast means bfloat16, whose 8 bits of mantissa would move the logits ~1e-2)."""
+    trainer = bare_trainer(tiny_clip, ONE_TASK)
+    with torch.no_grad():
+        v, text = trainer.encode_local(images), trainer.model.text_features()
+        expected = trainer.task_logits(v, text, "x")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = trainer.task_logits(v, text, "x")
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- a plan with NaN
 def test_a_plan_with_nan_stops_naming_the_batch_or_falls_back_to_uniform(tiny_clip, images):
     """eps 1e-3: exp(-cost / eps) underflows to 0 in fp32 for every cost above ~0.1, and
