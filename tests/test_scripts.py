@@ -67,6 +67,10 @@ def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_p
     ("scripts/coop/main.sh", ["toy", "tiny", "CS"], "toy/CoOp/CS/tiny_16shots/seed2",
      "TRAINER.COOP.SHARING task TRAINER.COOP.CSC True"),
     ("scripts/cocoop/main.sh", [], "toy/CoCoOp/tiny_16shots/seed2", "--trainer CoCoOp"),
+    ("scripts/plot/main.sh", ["general10", "rn50_ep50", "TRAINER.PLOT.N_CTX", "8"],
+     "general10/PLOT/rn50_ep50_16shots_TRAINER.PLOT.N_CTX-8/seed2",
+     ("--trainer PLOT --dataset-config-file configs/datasets/general10.yaml --config-file "
+      "configs/trainers/PLOT/rn50_ep50.yaml DATASET.NUM_SHOTS 16 TRAINER.PLOT.N_CTX 8")),
     ("scripts/linear_probe/main.sh", [], "toy/LinearProbeCLIP/tiny_16shots/seed2",
      "--trainer LinearProbeCLIP"),
     ("scripts/zsclip/main.sh", [], "toy/ZeroshotCLIP/tiny_0shots/seed2", "DATASET.NUM_SHOTS 0"),

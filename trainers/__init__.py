@@ -17,4 +17,4 @@ if dassl is not None:
     # Imported for their registration side effects only.
     from . import evaluator  # noqa: F401
     from . import softcpt  # noqa: F401
-    from . import cocoop, coop, linear_probe, zsclip  # noqa: F401  (the baselines)
+    from . import cocoop, coop, linear_probe, plot, zsclip  # noqa: F401  (the baselines)

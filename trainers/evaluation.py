@@ -15,7 +15,7 @@ import json
 import logging
 import os.path as osp
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -76,11 +76,20 @@ def evaluate_split(evaluator, loader, split: str, features: Callable[[object, st
     the logits of one batch of them.
     """
     print(f"Evaluate on the *{split}* set")
-    evaluator.reset()
     feats, labels = features(loader, split)
     feats, labels = feats.to(device), labels.to(device)
-    batches = feature_cache.chunks(feats, labels, loader.batch_size)
-    for u, y in tqdm(batches, total=len(loader)):
+    return evaluate_batches(evaluator, feature_cache.chunks(feats, labels, loader.batch_size),
+                            logits, len(loader))
+
+
+@torch.no_grad()
+def evaluate_batches(evaluator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], logits: Logits,
+                     total: int) -> OrderedDict:
+    """The ``evaluator``'s results on ``(features, labels)`` batches, ``logits(features, labels)``
+    scoring each: the loop of ``evaluate_split``, also fed batch by batch from the images by a
+    trainer whose features are too large to hold for a whole split (trainers/plot.py)."""
+    evaluator.reset()
+    for u, y in tqdm(batches, total=total):
         evaluator.process(logits(u, y), y)
     return evaluator.evaluate()
 
