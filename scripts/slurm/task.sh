@@ -32,12 +32,14 @@ trapped=0  # a signal arrived since the last `wait` began
 _stop() {
     [ -n "$stop" ] || stop=$1
     trapped=1
+    echo "[task] $(date -u '+%T UTC') $2 received"
     if [ -n "$child" ]; then
         kill -TERM "$child" 2>/dev/null
     fi
 }
-trap '_stop timelimit' USR1
-trap '_stop cancel' TERM INT
+trap '_stop timelimit SIGUSR1' USR1
+trap '_stop cancel SIGTERM' TERM
+trap '_stop cancel SIGINT' INT
 
 line=$(sed -n "${task}p" "$cmds")
 if [ -z "$line" ]; then
@@ -53,6 +55,9 @@ exec >> "$log" 2>&1
 node=$(hostname)
 started=$(date +%s)
 restart=${SLURM_RESTART_COUNT:-0}  # 0 for the first start, then one more for each requeue
+# This task, by array id: one task's SLURM_JOB_ID may equal SLURM_ARRAY_JOB_ID, and
+# `scontrol requeue <array job id>` requeues every task of the array.
+me=${SLURM_ARRAY_JOB_ID}_$task
 echo "[task] $(date -u '+%F %T UTC') Slurm job ${SLURM_ARRAY_JOB_ID}_$task (job id ${SLURM_JOB_ID:-?})" \
     "on $node, start $((restart + 1))"
 if [ -f "$dir/done" ]; then
@@ -119,8 +124,8 @@ case "$stop" in
         if [ -n "$(find "$dir" -name '*.pth.tar*' -newermt "@$started" -print -quit 2>/dev/null)" ]; then
             rm -f "$noprog"
             echo "[task] $now the time limit is near (SIGUSR1): run stopped (exit code $rc);" \
-                "requeueing job ${SLURM_JOB_ID}, whose next start resumes from the last checkpoint."
-        elif [ "$(cat "$noprog" 2>/dev/null)" = "$SLURM_JOB_ID $((restart - 1))" ]; then
+                "requeueing job $me, whose next start resumes from the last checkpoint."
+        elif [ "$(cat "$noprog" 2>/dev/null)" = "$me $((restart - 1))" ]; then
             rm -f "$noprog"
             echo "[task] $now the time limit is near (SIGUSR1) $(stopped_where), and the previous allocation" \
                 "saved no checkpoint either: not requeued, it would never finish. Fix: a longer -t in" \
@@ -129,21 +134,25 @@ case "$stop" in
                 "early); then run the same sweep command again."
             exit 1
         else
-            if ! echo "$SLURM_JOB_ID $restart" > "$noprog"; then
+            if ! echo "$me $restart" > "$noprog"; then
                 echo "[task] error: cannot write $noprog (see above): not requeued; run the same sweep" \
                     "command again to resume."
                 exit 1
             fi
             echo "[task] $now the time limit is near (SIGUSR1) $(stopped_where):" \
-                "requeueing job ${SLURM_JOB_ID} once more, whose next start has the whole time limit for" \
+                "requeueing job $me once more, whose next start has the whole time limit for" \
                 "it (if that one saves no checkpoint either, it is not requeued)."
         fi
-        if ! scontrol requeue "$SLURM_JOB_ID"; then
-            echo "[task] error: scontrol requeue $SLURM_JOB_ID failed (see above); run the same sweep" \
+        trapped=0
+        scontrol requeue "$me"
+        status=$?
+        # The requeue ends this allocation: Slurm's SIGTERM may kill scontrol before it returns.
+        if [ "$status" -ne 0 ] && [ "$trapped" = 0 ]; then
+            echo "[task] error: scontrol requeue $me failed (see above); run the same sweep" \
                 "command again to resume."
             exit 1
         fi
-        echo "[task] $(date -u '+%T UTC') requeued."  # (Slurm ends this allocation meanwhile)
+        echo "[task] $(date -u '+%T UTC') requeued."
         exit 0 ;;
     cancel)
         echo "[task] stopped by SIGTERM (scancel, or the time limit without the SIGUSR1 warning):" \
