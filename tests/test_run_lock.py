@@ -3,10 +3,11 @@
 "Another host" is simulated the way a shared file system shows it: another process holds
 the lock (filelock, as train.py takes it) and the owner record names another host, or a
 PID of this host that has ended; the record of a live process of this host stops a run at
-once. Each test takes about a second (the holder's start and a 1 s wait)."""
+once. Each fast test takes about a second (the holder's start and a 1 s wait)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -139,3 +140,29 @@ def test_the_lock_wait_defaults_to_five_minutes(monkeypatch):
     assert run_folder.lock_wait() == 300
     monkeypatch.setenv("SOFTCPT_LOCK_WAIT", " 2.5 ")
     assert run_folder.lock_wait() == 2.5
+
+
+@pytest.mark.slow
+def test_a_stop_signal_ends_train_pys_wait_for_another_hosts_lock(holder, tmp_path):
+    """End to end: train.py waits for the lock of a folder held from another host and a stop
+    signal (the Slurm task's SIGTERM at the warning) ends the wait at once: exit 143, one
+    line, nothing written. (A wait that ends with the lock released: the fast tests above.)"""
+    run = tmp_path / "run"
+    holder("host node-b, PID 4242, since 2026-01-01 00:00:00", seconds=300)
+    cmd = [sys.executable, "train.py", "--root", str(tmp_path / "data"), "--output-dir", str(run), "--seed", "1",
+           "--trainer", "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml", "--config-file",
+           "configs/trainers/SoftCPT/tiny.yaml", "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(cmd, cwd=repo, env=dict(os.environ, SOFTCPT_LOCK_WAIT="120"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "not a live process of this host: waiting up to 120 s (SOFTCPT_LOCK_WAIT)" in line, line
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    stderr = proc.stderr.read()
+    assert code == 143 and "stopped by signal SIGTERM" in stderr and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in run.iterdir()) == [".run.lock", ".run.owner"]  # nothing written
+    assert (run / ".run.owner").read_text().startswith("host node-b, PID 4242")
