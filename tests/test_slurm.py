@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -183,11 +184,18 @@ def test_base2new_test_cells_wait_for_queued_training_tasks(stub, tmp_path):
 
 
 # Stands in for train.py in the task script's signal handling: saves an "epoch" when
-# $SAVE is set, then trains until SIGTERM, which it reports like train.py (exit 143).
+# $SAVE is set, then trains until SIGTERM, which it reports like train.py (exit 143) with
+# $STOP_LINE. Its import check (-c) waits for $STUB/go when $STALL_PREFLIGHT is set.
 FAKE_TRAIN = """#!/bin/bash
-if [ "$1" = -c ]; then [ -n "${{BROKEN_ON_NODE:-}}" ] && echo "Dassl (ModuleNotFoundError: No module named 'dassl')"; exit 0; fi
+if [ "$1" = -c ]; then
+    if [ -n "${{STALL_PREFLIGHT:-}}" ]; then
+        touch "$STUB/preflight"
+        for _ in $(seq 400); do [ -f "$STUB/go" ] && break; sleep 0.05; done
+    fi
+    [ -n "${{BROKEN_ON_NODE:-}}" ] && echo "Dassl (ModuleNotFoundError: No module named 'dassl')"; exit 0
+fi
 while [ $# -gt 0 ]; do case "$1" in --output-dir) out=$2 ;; esac; shift; done
-trap 'echo "stopped by signal SIGTERM"; exit 143' TERM
+trap 'echo "${{STOP_LINE:-stopped by signal SIGTERM}}"; exit 143' TERM
 mkdir -p "$out/prompt_learner"
 if [ -n "${{SAVE:-}}" ]; then touch "$out/prompt_learner/model.pth.tar-1"; fi
 echo "training $out"
@@ -196,6 +204,8 @@ sleep 60 & wait
 """
 FAKE_SCONTROL = """#!/bin/bash
 echo "$*" >> "$STUB/scontrol.txt"
+# As Slurm ends the allocation of a requeued job: SIGTERM to the task and to scontrol.
+if [ -n "${REQUEUE_KILLS:-}" ]; then kill -TERM "$PPID"; exit 143; fi
 """
 
 
@@ -206,8 +216,9 @@ def _task(tmp_path, **env) -> tuple[subprocess.Popen, str]:
         (tmp_path / "bin" / name).chmod(0o755)
     run = tmp_path / "run"
     (tmp_path / "task.cmds").write_text(f"{run} {tmp_path / 'bin' / 'train'} train.py --output-dir {run}\n")
-    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", STUB=str(tmp_path),
-               SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_JOB_ID="77", SLURM_JOB_ID="78", **env)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "STUB": str(tmp_path),
+           "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_JOB_ID": "77", "SLURM_JOB_ID": "78", "SLURM_RESTART_COUNT": "0",
+           **env}
     proc = subprocess.Popen(["bash", "scripts/slurm/task.sh", str(tmp_path / "task.cmds")], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, str(run)
@@ -226,36 +237,112 @@ def _read(path) -> str:
 
 
 def test_task_stops_its_run_and_requeues_itself_before_the_time_limit(stub, tmp_path):
-    proc, run = _task(tmp_path, SAVE="1")
+    os.makedirs(tmp_path / "run")
+    (tmp_path / "run" / ".slurm_no_progress").write_text("77_1 0\n")  # start 1 saved nothing
+    proc, run = _task(tmp_path, SAVE="1", SLURM_RESTART_COUNT="1", REQUEUE_KILLS="1")
     _started(proc, run)
     proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@SECS sends
     assert proc.wait(timeout=20) == 0
     log = _read(os.path.join(run, "slurm-77_1.out"))
     assert "stopped by signal SIGTERM" in log  # the run was stopped cleanly
-    assert "the time limit is near (SIGUSR1): run stopped (exit code 143); requeueing job 78" in log
-    assert _lines(tmp_path / "scontrol.txt") == ["requeue 78"]
+    assert "the time limit is near (SIGUSR1): run stopped (exit code 143); requeueing job 77_1" in log
+    assert "SIGTERM received" in log and "requeued." in log and "error" not in log  # the requeue's own SIGTERM
+    assert _lines(tmp_path / "scontrol.txt") == ["requeue 77_1"]
+    assert not os.path.exists(os.path.join(run, ".slurm_no_progress"))  # this start saved an epoch
 
 
-def test_task_is_not_requeued_without_progress_or_after_scancel(stub, tmp_path):
-    os.makedirs(tmp_path / "run" / "prompt_learner")
+def _old_checkpoint(tmp_path) -> None:
+    """An epoch saved by an earlier allocation."""
+    os.makedirs(tmp_path / "run" / "prompt_learner", exist_ok=True)
     old = tmp_path / "run" / "prompt_learner" / "model.pth.tar-1"
     old.touch()
-    os.utime(old, (time.time() - 3600,) * 2)  # from an earlier allocation
+    os.utime(old, (time.time() - 3600,) * 2)
+
+
+def test_task_without_progress_is_requeued_once_and_not_after_scancel(stub, tmp_path):
+    """An allocation that saves no epoch is requeued once (the next has the whole time limit);
+    the next one without progress is not. Another job's record does not count."""
+    _old_checkpoint(tmp_path)
+    (tmp_path / "run" / ".slurm_no_progress").write_text("55_1 0\n")  # an earlier submission's
+    # An earlier start's stop line says nothing about this one's.
+    (tmp_path / "run" / "slurm-77_1.out").write_text("stopped by signal SIGTERM after epoch 3 of 3 (...)\n")
     proc, run = _task(tmp_path)
+    _started(proc, run)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=20) == 0
+    log = _read(os.path.join(run, "slurm-77_1.out"))
+    assert "the time limit is near (SIGUSR1) before this allocation saved a checkpoint (run stopped, exit " \
+           "code 143): requeueing job 77_1 once more" in log
+    assert _lines(tmp_path / "scontrol.txt") == ["requeue 77_1"]
+    assert _lines(tmp_path / "run" / ".slurm_no_progress") == ["77_1 0"]
+
+    os.remove(os.path.join(run, "started"))
+    proc, run = _task(tmp_path, SLURM_RESTART_COUNT="1")  # the requeued start, no progress again
     _started(proc, run)
     proc.send_signal(signal.SIGUSR1)
     assert proc.wait(timeout=20) == 1
     log = _read(os.path.join(run, "slurm-77_1.out"))
-    assert "this allocation saved no checkpoint: not requeued" in log and "a longer -t" in log
-    assert not (tmp_path / "scontrol.txt").exists()
+    assert "start 2" in log and "and the previous allocation saved no checkpoint either: not requeued" in log
+    assert "a longer -t" in log and "the import check, one epoch and the final evaluation" in log
+    assert _lines(tmp_path / "scontrol.txt") == ["requeue 77_1"]  # no second requeue
+    assert not os.path.exists(os.path.join(run, ".slurm_no_progress"))
 
     os.remove(os.path.join(run, "started"))
+    os.remove(tmp_path / "scontrol.txt")
     proc, run = _task(tmp_path, SAVE="1")
     _started(proc, run)
     proc.send_signal(signal.SIGTERM)  # scancel
     assert proc.wait(timeout=20) == 143
     assert "not requeued; run the same sweep command again" in _read(os.path.join(run, "slurm-77_1.out"))
     assert not (tmp_path / "scontrol.txt").exists()
+
+
+def test_task_warned_during_its_import_check_requeues_without_running(stub, tmp_path):
+    """Issue 25: the warning during the import check used to end the task unrequeued."""
+    proc, run = _task(tmp_path, STALL_PREFLIGHT="1")
+    deadline = time.time() + 20
+    while not (tmp_path / "preflight").exists():
+        assert proc.poll() is None and time.time() < deadline, "the import check did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    (tmp_path / "go").touch()
+    assert proc.wait(timeout=20) == 0
+    log = _read(os.path.join(run, "slurm-77_1.out"))
+    assert "the time limit is near (SIGUSR1) before its run started (during the import check): requeueing " \
+           "job 77_1 once more" in log
+    assert "training" not in log and not os.path.exists(os.path.join(run, "started"))  # not run
+    assert _lines(tmp_path / "scontrol.txt") == ["requeue 77_1"]
+
+    (tmp_path / "preflight").unlink()  # the next start: warned there again, -t is too short
+    (tmp_path / "go").unlink()
+    proc, run = _task(tmp_path, STALL_PREFLIGHT="1", SLURM_RESTART_COUNT="1")
+    while not (tmp_path / "preflight").exists():
+        assert proc.poll() is None and time.time() < deadline + 20, "the import check did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    (tmp_path / "go").touch()
+    assert proc.wait(timeout=20) == 1
+    log = _read(os.path.join(run, "slurm-77_1.out"))
+    assert "(SIGUSR1) before its run started (during the import check), and the previous allocation saved no " \
+           "checkpoint either: not requeued" in log
+    assert _lines(tmp_path / "scontrol.txt") == ["requeue 77_1"]
+
+
+def test_task_warned_with_only_the_evaluation_left_requeues(stub, tmp_path):
+    """Issue 25: all epochs saved earlier, the warning during the final evaluation: requeued
+    (the next start evaluates with the whole time limit), and the log says why."""
+    _old_checkpoint(tmp_path)
+    stop = (f"stopped by signal SIGTERM after epoch 3 of 3 (saved in {tmp_path}/run/prompt_learner/model.pth.tar-3):"
+            " run the same command again to resume from epoch 3")
+    (tmp_path / "run" / "slurm-77_1.out").write_text("stopped by signal SIGTERM after epoch 2 of 3 (...)\n")
+    proc, run = _task(tmp_path, STOP_LINE=stop)
+    _started(proc, run)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=20) == 0
+    log = _read(os.path.join(run, "slurm-77_1.out"))
+    assert "the time limit is near (SIGUSR1) with only the final evaluation left (all 3 epochs were saved " \
+           "before) (run stopped, exit code 143): requeueing job 77_1 once more" in log
+    assert _lines(tmp_path / "scontrol.txt") == ["requeue 77_1"]
 
 
 def test_task_checks_imports_on_its_node_and_names_it(stub, tmp_path):
@@ -556,3 +643,85 @@ exec {python} "$@"
     assert socket.gethostname() == node or node in log
     assert not (run / "log.txt").exists()  # train.py never started
     assert "cannot import: Dassl" in _table_out(out, 1)  # the table job runs there too, and checks
+
+
+# The interpreter of the requeue test: task 1's first import check waits for $STALL/go, so
+# that Slurm's warning lands there.
+STALLING_PYTHON = """#!/bin/bash
+if [ "$1" = -c ] && [[ "$2" == "# sweep pre-flight"* ]] && [ "${{SLURM_ARRAY_TASK_ID:-}}" = 1 ] \\
+        && [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then
+    touch "$STALL/preflight"
+    for _ in $(seq 1200); do [ -f "$STALL/go" ] && break; sleep 0.05; done
+fi
+exec {python} "$@"
+"""
+
+
+@needs_dassl
+def test_slurm_warning_in_the_import_check_or_the_final_evaluation_requeues(slurm, tmp_path):
+    """Issue 25 on the local Slurm, the warning sent as --signal=B:USR1 sends it (scancel -b):
+    task 1 is warned during its import check (its run, a stand-in, writes `done`), task 2
+    (a toy run whose only epoch was saved earlier) once its run has started; each is
+    requeued (or task 2 finishes its evaluation) and ends done."""
+    python = shutil.which(os.environ.get("PYTHON", "python3"))
+    wrapper = tmp_path / "python"
+    wrapper.write_text(STALLING_PYTHON.format(python=python))
+    wrapper.chmod(0o755)
+    env = dict(os.environ, STALL=str(tmp_path), OMP_NUM_THREADS="1")
+    runs = [tmp_path / f"run{task}" for task in (1, 2)]
+    train = [str(wrapper), "train.py", "--output-dir", str(runs[1]), "--root", str(tmp_path / "data"), "--seed",
+             "1", "--trainer", "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml", "--config-file",
+             "configs/trainers/SoftCPT/tiny.yaml", "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1"]
+    stand_in = [str(wrapper), "-c", f"open('{runs[0]}/done', 'w').write('finished')"]
+    cmds = tmp_path / "task.cmds"
+    cmds.write_text("".join(f"{run} {shlex.join(a)}\n" for run, a in zip(runs, (stand_in, train))))
+    # Task 2's run trains its only epoch meanwhile and is stopped before its evaluation
+    # (done and results.json removed); the task is held until then.
+    first = subprocess.Popen(train, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.monotonic()
+    out = subprocess.run(["sbatch", "--parsable", "--hold", "--array=1-2", "--requeue", "--open-mode=append",
+                          "-t", "10", f"--chdir={REPO}", "--export=ALL", "-o", str(tmp_path / "slurm-%A_%a.out"),
+                          "scripts/slurm/task.sh", str(cmds)], env=env, check=True, capture_output=True,
+                         text=True, timeout=60).stdout
+    array = out.strip().split(";")[0]
+    _slurm("scontrol", "release", f"{array}_1")
+
+    def wait_for(what, check, seconds=180, every=0.1):
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, f"{what}: {_jobs()}"
+            time.sleep(every)
+
+    try:
+        wait_for("task 1's import check", (tmp_path / "preflight").exists)
+        _slurm("scancel", "-b", "-s", "USR1", f"{array}_1")
+        time.sleep(3)  # delivered (the shell runs its trap once the check returns)
+        (tmp_path / "go").touch()
+        assert first.wait(timeout=300) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    for name in ("done", "results.json"):
+        (runs[1] / name).unlink()
+    _slurm("scontrol", "release", f"{array}_2")
+    log2 = runs[1] / "log.txt"
+    wait_for("task 2's run", lambda: "a new attempt of this run" in log2.read_text())  # its handler is set
+    _slurm("scancel", "-b", "-s", "USR1", f"{array}_2")
+    wait_for("the requeued tasks", lambda: not _jobs() or _hurry_requeued(3), seconds=400, every=1)
+    took = time.monotonic() - started
+    logs = [_read(next(run.glob("slurm-*.out"))) for run in runs]
+    assert "SIGUSR1 received" in logs[0] and "the time limit is near (SIGUSR1) before its run started (during " \
+        "the import check): requeueing job" in logs[0], logs[0]
+    assert "start 2" in logs[0] and (runs[0] / "done").is_file(), logs[0]
+    assert "SIGUSR1 received" in logs[1], logs[1]
+    if "after epoch 1 of 1" in _read(log2):  # stopped: requeued, evaluated by the next start
+        assert "(SIGUSR1) with only the final evaluation left (all 1 epochs were saved before) (run stopped, " \
+            "exit code 143): requeueing job" in logs[1] and "start 2" in logs[1], logs[1]
+    else:  # the run went on to finish its evaluation in the same allocation
+        assert "start 2" not in logs[1], logs[1]
+    assert (runs[1] / "done").is_file() and json.loads((runs[1] / "results.json").read_text())["epoch"] == 1
+    for log in logs:
+        assert log.count("requeueing job") == log.count("requeued.") <= 1, log
+        assert "either: not requeued" not in log and "error" not in log, log
+    assert not any((run / ".slurm_no_progress").exists() for run in runs)
+    print(f"requeue test: {took:.0f} s from submission")
