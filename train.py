@@ -77,6 +77,7 @@ from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers import single_task  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
 from trainers.backbone import WeightsError  # noqa: E402
+from trainers.plot import TransportError  # noqa: E402
 from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
 from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
 from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
@@ -113,7 +114,8 @@ class StorageError(RuntimeError):
 
 
 # Errors whose message says what to fix: printed as `error: ...`, without a traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError, WeightsError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError, WeightsError,
+               TransportError)
 STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
                   errno.EDQUOT: "the disk quota is exceeded: free space there",
                   errno.EROFS: "the file system is read-only: choose a writable folder",

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # PLOT per task, over shots and seeds, then the results table.
 #
 #   bash scripts/plot/main.sh [BENCHMARK] [CFG] [KEY VALUE ...]
