@@ -87,6 +87,26 @@ def test_without_the_random_states_the_resumed_run_differs(toy_root, uninterrupt
     assert any(d.startswith("checkpoint.state_dict.") for d in found), found
 
 
+@pytest.mark.slow  # two toy trainings of 2 epochs (about 10 s)
+def test_numpys_random_state_after_resume_equals_the_uninterrupted_runs(toy_root, tmp_path):
+    """Dassl's cutout draws from NumPy's global generator in the main process (NUM_WORKERS 0;
+    a DataLoader worker seeds its own): the resumed run must go on from the saved NumPy state.
+    Its checkpoints record that state (rng.numpy), compared with everything else."""
+    epochs = 2
+    args = [*ARGS, "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.NUM_WORKERS", "0", "INPUT.TRANSFORMS",
+            "['random_resized_crop', 'random_flip', 'normalize', 'cutout']"]
+    full, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    train.main(["--root", str(toy_root), "--output-dir", str(full), *args])
+    first, last = (torch.load(full / "prompt_learner" / f"model.pth.tar-{e}", weights_only=True)
+                   for e in (1, epochs))
+    assert first["rng"]["numpy"]["pos"] != last["rng"]["numpy"]["pos"], "epoch 2 drew nothing from NumPy"
+    killed_after(full, resumed, 1)
+    train.main(["--root", str(toy_root), "--output-dir", str(resumed), *args])
+    expected, got = run_outcome(str(full), epochs), run_outcome(str(resumed), epochs)
+    assert tree_differences(got["ckpt"]["rng"]["numpy"], expected["ckpt"]["rng"]["numpy"]) == []
+    assert differences(got, expected) == []
+
+
 def a_checkpoint() -> dict:
     """A checkpoint's parts as a trainer saves them, from a real optimizer and schedule."""
     from yacs.config import CfgNode as CN
