@@ -75,6 +75,9 @@ def check_split_labels(path: str, split: dict[str, list], section: str) -> None:
     multi-task benchmark the image would be scored as a class of another task.
     """
     names = {row[2] for rows in split.values() for row in rows}
+    labels = {row[1] for rows in split.values() for row in rows}
+    shared = (f"; {len(labels)} labels share these {len(names)} names: give every class its own name"
+              if len(labels) > len(names) and all(0 <= y < len(labels) for y in labels) else "")
     label_of: dict[str, tuple[int, str]] = {}  # class name -> (label, where first seen)
     name_of: dict[int, tuple[str, str]] = {}  # label -> (class name, where first seen)
     for part, rows in split.items():
@@ -82,7 +85,7 @@ def check_split_labels(path: str, split: dict[str, list], section: str) -> None:
             where = f"{part}[{i}]"
             if not 0 <= label < len(names):
                 raise DatasetError(f"split file {path}: {where} {rows[i]!r} has label {label}, outside "
-                                   f"0..{len(names) - 1} (its {len(names)} class names)", section)
+                                   f"0..{len(names) - 1} (its {len(names)} class names){shared}", section)
             known_label, seen_at = label_of.setdefault(cname, (label, where))
             known_name, named_at = name_of.setdefault(label, (cname, where))
             if known_label != label:
@@ -94,13 +97,19 @@ def check_split_labels(path: str, split: dict[str, list], section: str) -> None:
 
 
 def write_split_file(path: str, image_root: str, train: Sequence[Datum], val: Sequence[Datum],
-                     test: Sequence[Datum]) -> None:
-    """Write a split file in CoOp's format, paths relative to ``image_root``."""
+                     test: Sequence[Datum], section: str = "split-files") -> None:
+    """Write a split file in CoOp's format, paths relative to ``image_root``.
+
+    It must pass the checks it will be read with (``check_split_labels``: e.g. two class
+    folders given one class name): refused now, with nothing written, rather than at the
+    next run's read.
+    """
     def rows(items: Iterable[Datum]) -> list:
         return [[os.path.relpath(d.impath, image_root).replace(os.sep, "/"), d.label, d.classname]
                 for d in items]
 
     split = {"train": rows(train), "val": rows(val), "test": rows(test)}
+    check_split_labels(path, split, section)
     atomic_write(path, json.dumps(split))
     logger.info("Saved split to %s", path)
 

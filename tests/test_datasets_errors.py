@@ -165,6 +165,15 @@ def test_benchmark_refuses_a_member_label_beyond_its_tasks_classes(general10_roo
                                "outside the task's classes 0..2 (see DATASETS.md#your-own-benchmark)")
 
 
+def test_image_folder_giving_two_classes_one_name_is_refused_before_its_split_is_written(data_root):
+    """What a written split file would be refused for at the next read is refused at once."""
+    write_image_folder(data_root, "pics", ["apple", "Apple_"], 4)
+    cfg = make_dataset_cfg(data_root, "ImageFolder", shots=1, DATASET__IMAGE_FOLDER__DIR="pics")
+    fails_without_writing(data_root, cfg, r"split file \S+pics/split_imagefolder\.json: \w+\[\d+\]",
+                          r"has label 1, outside 0\.\.0 \(its 1 class names\); 2 labels share these 1 "
+                          r"names: give every class its own name", r"#image-folders\)$")
+
+
 def test_corrupt_image_in_folder_is_named(data_root):
     folder = write_image_folder(data_root, "pics", ["a", "b"], 4)
     bad = os.path.join(folder, "b", "broken.jpg")

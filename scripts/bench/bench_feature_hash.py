@@ -98,13 +98,15 @@ def timed(items: list, root: str, content_hash: bool, cold: bool, threads: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folder", default=None, help="where to write the files (default: a temporary folder)")
+    parser.add_argument("--folder", default=None,
+                        help="where to write the files (default: the temporary folder)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each member's test images")
     parser.add_argument("--keep", action="store_true", help="leave the files")
     args = parser.parse_args()
     count = sum(max(1, round(n * args.scale)) for n, _ in GENERAL10_TEST.values())
     size = sum(max(1, round(n * args.scale)) * kb for n, kb in GENERAL10_TEST.values()) * 1024 / 1e9
-    folder = tempfile.mkdtemp(prefix="bench_feature_hash_", dir=args.folder)
+    folder = os.path.join(args.folder or tempfile.gettempdir(), f"bench_feature_hash_{os.getpid()}")
+    os.makedirs(folder)
     print(f"writing {count:,} JPEG files, about {size:.1f} GB, under {folder}", flush=True)
     try:
         start = time.perf_counter()
