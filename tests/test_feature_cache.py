@@ -658,6 +658,34 @@ def test_every_trainer_reads_the_cache_exactly_and_encodes_no_image(trainer, toy
     assert {f.split("-")[1] for f in os.listdir(cache) if f.endswith(".pt")} == splits
 
 
+@pytest.mark.slow  # four zero-shot evaluations of the toy benchmark (about 17 s)
+def test_images_replaced_keeping_size_and_time_are_seen_with_the_content_hash(tmp_path):
+    """The issue's case end to end: 10 test images replaced in place, size and time kept. The
+    default key serves the old features (documented); TEST.FEATURE_CACHE_HASH True encodes
+    again, and exactly the 10 replaced images' features change."""
+    root, cache = str(tmp_path / "data"), tmp_path / "features"
+
+    def zero_shot(name, *opts):
+        before = set(os.listdir(cache)) if cache.exists() else set()
+        _, log = run("ZeroshotCLIP", root, tmp_path / name, cache, *opts)
+        new = [f for f in set(os.listdir(cache)) - before if f.endswith(".pt")]
+        return log, [torch.load(cache / f, weights_only=True)["features"] for f in new]
+
+    _, (default,) = zero_shot("before")
+    log, (hashed,) = zero_shot("hashed", "TEST.FEATURE_CACHE_HASH", "True")
+    assert "computed in" in log and torch.equal(hashed, default)  # its own key; the same features
+    folder = os.path.join(root, "toy", "colours")
+    with open(os.path.join(folder, "split_imagefolder.json")) as f:
+        test_rows = json.load(f)["test"]
+    for rel, _, _ in test_rows[:10]:
+        replace_keeping_size_and_time(os.path.join(folder, rel), (0, 0, 0))
+    log, stored = zero_shot("stale")
+    assert "computed in" not in log and stored == []  # the default's blind spot: old features
+    log, (seen,) = zero_shot("seen", "TEST.FEATURE_CACHE_HASH", "True")
+    assert "computed in" in log
+    assert int((seen != hashed).any(dim=1).sum()) == 10
+
+
 def zero_shot_trainer(toy_root, out, *opts):
     """A ZeroshotCLIP trainer on the toy benchmark, built as train.py builds it."""
     from dassl.engine import build_trainer
