@@ -108,6 +108,10 @@ def extend_cfg(cfg: CN) -> None:
     cfg.TEST.FEATURE_CACHE = True
     # Folder of those features; "" means $SOFTCPT_CACHE/features (~/.cache/softcpt/features).
     cfg.TEST.FEATURE_CACHE_DIR = ""
+    # How the cache tells an image file changed: False by its size and modification time
+    # (a stat per image); True by a hash of its bytes (reads every image at each
+    # evaluation; docs/speed.md#what-the-cache-key-sees).
+    cfg.TEST.FEATURE_CACHE_HASH = False
 
     for hook in _HOOKS:
         hook(cfg)

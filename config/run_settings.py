@@ -24,6 +24,7 @@ RUN_ONLY_KEYS = (
     "TRAIN.PRINT_FREQ", "VERBOSE",  # how much is printed
     "TRAIN.CHECKPOINT_FREQ",  # which epochs are kept as snapshots (every epoch is resumable)
     "TEST.FEATURE_CACHE", "TEST.FEATURE_CACHE_DIR",  # the cache is exact (trainers/feature_cache.py)
+    "TEST.FEATURE_CACHE_HASH",  # how it tells a changed image file: either way exact features
 )
 
 

@@ -188,7 +188,7 @@ class ImageFolder(FewShotDataset):
             return read_split_file(path, self.dataset_dir, self.section)
         logger.info("Splitting %s into %s train/val/test", self.dataset_dir, list(self.spec.ratios))
         train, val, test = build_split(self.dataset_dir, self.spec)
-        write_split_file(path, self.dataset_dir, train, val, test)
+        write_split_file(path, self.dataset_dir, train, val, test, self.section)
         return train, val, test
 
     def make_task_info(self) -> TaskInfo:

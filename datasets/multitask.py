@@ -206,6 +206,7 @@ def task_info(entries: Sequence[TaskEntry], members: Sequence[DatasetBase]) -> T
         if len(m.classnames) != m.num_classes:
             raise DatasetError(f"{e.where} ({e.key}): some labels below {m.num_classes} have no training "
                                "image, so classes cannot be named", SECTION)
+        check_labels_in_range(e, m)
         keys.append(e.given_key or own.keys[0])
         names.append(e.given_name or own.names[0])
         classnames.append(tuple(m.classnames))
@@ -215,6 +216,17 @@ def task_info(entries: Sequence[TaskEntry], members: Sequence[DatasetBase]) -> T
     _check_unique(list(zip(indices, keys)), "KEY")  # defaults known only now (e.g. Fashion-20's table)
     _check_unique(list(zip(indices, names)), "NAME")
     return TaskInfo(tuple(keys), tuple(names), tuple(classnames), tuple(metrics), tuple(templates))
+
+
+def check_labels_in_range(entry: TaskEntry, member: DatasetBase) -> None:
+    """Every image's label within its task's classes: merged with the task's offset, a label
+    beyond them would name a class of the next task, and the image be scored there."""
+    for split in ("train_x", "val", "test"):
+        for d in getattr(member, split) or ():
+            if not 0 <= d.label < member.num_classes:
+                raise DatasetError(f"{entry.where} ({entry.key}): {split} image {d.impath} has label "
+                                   f"{d.label}, outside the task's classes 0..{member.num_classes - 1}",
+                                   SECTION)
 
 
 def merge(splits: Sequence[Optional[list[Datum]]], offsets: Sequence[int]) -> list[Datum]:

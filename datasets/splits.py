@@ -52,28 +52,64 @@ def read_split_file(path: str, image_root: str, section: str,
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DatasetError(f"cannot read split file {path}: {err!r}; delete it or fetch it again",
                            section) from None
+    for name, items in zip(SPLITS, entries):
+        for i, item in enumerate(items):
+            if not (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], int) and not isinstance(item[1], bool)
+                    and isinstance(item[2], str)):
+                raise DatasetError(f"split file {path}: {name}[{i}] is {item!r}, not [relative path, "
+                                   "integer label, class name]", section)
+    check_split_labels(path, dict(zip(SPLITS, entries)), section)
     out = []
     for name, items in zip(SPLITS, entries):
-        data = []
-        for item in items:
-            if not (isinstance(item, (list, tuple)) and len(item) == 3):
-                raise DatasetError(f"split file {path}: {name} entry {item!r} is not "
-                                   "[relpath, label, classname]", section)
-            rel, label, cname = item
-            data.append(make_datum(os.path.join(image_root, rel), int(label),
-                                   fixes.get(cname, cname), path, section))
-        out.append(data)
+        out.append([make_datum(os.path.join(image_root, rel), label, fixes.get(cname, cname), path,
+                               section) for rel, label, cname in items])
     return tuple(out)
 
 
+def check_split_labels(path: str, split: dict[str, list], section: str) -> None:
+    """Every label of a split file in ``0 .. K-1`` (K: the file's distinct class names) and one
+    label per class name and one class name per label, across train, val and test.
+
+    A label edited out of its dataset's range would otherwise be read, and inside a
+    multi-task benchmark the image would be scored as a class of another task.
+    """
+    names = {row[2] for rows in split.values() for row in rows}
+    labels = {row[1] for rows in split.values() for row in rows}
+    shared = (f"; {len(labels)} labels share these {len(names)} names: give every class its own name"
+              if len(labels) > len(names) and all(0 <= y < len(labels) for y in labels) else "")
+    label_of: dict[str, tuple[int, str]] = {}  # class name -> (label, where first seen)
+    name_of: dict[int, tuple[str, str]] = {}  # label -> (class name, where first seen)
+    for part, rows in split.items():
+        for i, (_, label, cname) in enumerate(rows):
+            where = f"{part}[{i}]"
+            if not 0 <= label < len(names):
+                raise DatasetError(f"split file {path}: {where} {rows[i]!r} has label {label}, outside "
+                                   f"0..{len(names) - 1} (its {len(names)} class names){shared}", section)
+            known_label, seen_at = label_of.setdefault(cname, (label, where))
+            known_name, named_at = name_of.setdefault(label, (cname, where))
+            if known_label != label:
+                raise DatasetError(f"split file {path}: {where} {rows[i]!r} has label {label}, but "
+                                   f"class {cname!r} is label {known_label} at {seen_at}", section)
+            if known_name != cname:
+                raise DatasetError(f"split file {path}: {where} {rows[i]!r} has label {label}, which "
+                                   f"is class {known_name!r} at {named_at}, not {cname!r}", section)
+
+
 def write_split_file(path: str, image_root: str, train: Sequence[Datum], val: Sequence[Datum],
-                     test: Sequence[Datum]) -> None:
-    """Write a split file in CoOp's format, paths relative to ``image_root``."""
+                     test: Sequence[Datum], section: str = "split-files") -> None:
+    """Write a split file in CoOp's format, paths relative to ``image_root``.
+
+    It must pass the checks it will be read with (``check_split_labels``: e.g. two class
+    folders given one class name): refused now, with nothing written, rather than at the
+    next run's read.
+    """
     def rows(items: Iterable[Datum]) -> list:
         return [[os.path.relpath(d.impath, image_root).replace(os.sep, "/"), d.label, d.classname]
                 for d in items]
 
     split = {"train": rows(train), "val": rows(val), "test": rows(test)}
+    check_split_labels(path, split, section)
     atomic_write(path, json.dumps(split))
     logger.info("Saved split to %s", path)
 

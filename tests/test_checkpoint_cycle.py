@@ -151,6 +151,25 @@ def test_restore_run_state_puts_back_the_random_states_and_scaler(tmp_path, warn
     assert "holds no random states" in warnings.text
 
 
+def test_restore_run_state_puts_back_numpys_and_pythons_states_as_saved(tmp_path):
+    """Every generator a run may draw from (a NumPy transform such as Dassl's cutout, Python's
+    random in Dassl's samplers) continues after a resume as it would have without the stop."""
+    np.random.seed(3)
+    np.random.randn(1)  # NumPy holds the second Gaussian of a pair: part of the state
+    random.seed(3)
+    head = nn.Linear(2, 2, bias=False)
+    ckpt_io.save(str(tmp_path), record(0), {"m": head}, {"m": None}, {"m": None})
+    uninterrupted = (np.random.rand(4), np.random.randn(3), random.random())  # the next draws
+    np.random.seed(11)  # a fresh process: other states, a Gaussian half drawn
+    np.random.randn(1)
+    random.seed(11)
+    ckpt = ckpt_io.read_checkpoint(str(tmp_path / "m" / "model.pth.tar-1"), CPU)
+    ckpt_io.restore_run_state(ckpt)
+    resumed = (np.random.rand(4), np.random.randn(3), random.random())
+    assert np.array_equal(resumed[0], uninterrupted[0]) and np.array_equal(resumed[1], uninterrupted[1])
+    assert resumed[2] == uninterrupted[2]
+
+
 def test_load_for_evaluation_takes_the_chosen_or_best_or_newest_epoch(tmp_path, warnings):
     saved_run(tmp_path, 3)
     head, checked = nn.Linear(2, 2, bias=False), []

@@ -12,13 +12,14 @@ import pytest
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 from dassl.data.datasets import DATASET_REGISTRY  # noqa: E402
-from fixtures_data import make_dataset_cfg, write_image_folder  # noqa: E402
+from fixtures_data import GENERAL10 as LAYOUTS, make_dataset_cfg, write_image_folder  # noqa: E402
 
 import datasets  # noqa: E402,F401  (registers the datasets)
 from datasets.errors import DatasetError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GENERAL10 = str(REPO / "configs" / "datasets" / "general10.yaml")
+GENERAL10_NAMES = {name: layout.stored_names for name, layout in LAYOUTS.items()}
 
 
 def files_under(root: str) -> dict[str, float]:
@@ -76,6 +77,101 @@ def test_image_listed_in_split_but_missing(general10_root):
     os.remove(os.path.join(fakes["UCF101"].dataset_dir, "UCF-101-midframes", rel))
     fails_without_writing(root, make_dataset_cfg(root, "UCF101", shots=1), re.escape(rel),
                           r"split_zhou_UCF101\.json", r"#ucf101")
+
+
+def edit_split_row(fake, part: str, index: int, column: int, value) -> list:
+    """Set ``column`` (1: label, 2: class name) of one row of a fake dataset's split file;
+    returns the row as now written."""
+    import json
+    layout_file = os.path.join(fake.dataset_dir, f"split_zhou_{fake.name}.json")
+    with open(layout_file) as f:
+        split = json.load(f)
+    row = split[part][index]
+    row[column] = value
+    with open(layout_file, "w") as f:
+        json.dump(split, f)
+    return row
+
+
+@pytest.mark.parametrize("label", [3, 150, -1])
+def test_split_label_outside_the_files_classes_is_refused(general10_root, label):
+    """Caltech101's fake split has 3 classes; in General-10, label 3 would be DescribableTextures'
+    first class (task 1) and the image scored there."""
+    root, fakes = general10_root
+    row = edit_split_row(fakes["Caltech101"], "test", 4, 1, label)
+    for cfg in (make_dataset_cfg(root, "Caltech101", shots=1),
+                make_dataset_cfg(root, yaml=GENERAL10, shots=1)):
+        fails_without_writing(root, cfg, r"split file \S+split_zhou_Caltech101\.json: test\[4\]",
+                              re.escape(repr(row)), rf"label {label}, outside 0\.\.2 \(its 3 class names\)",
+                              r"#caltech101\)$")
+
+
+def test_split_label_of_another_class_is_refused(general10_root):
+    root, fakes = general10_root
+    fake = fakes["OxfordPets"]
+    _, label, name = fake.split["val"][2]
+    other = (label + 1) % 3
+    row = edit_split_row(fake, "val", 2, 1, other)
+    fails_without_writing(root, make_dataset_cfg(root, "OxfordPets", shots=1),
+                          r"split_zhou_OxfordPets\.json: val\[2\]", re.escape(repr(row)),
+                          rf"has label {other}, but class {name!r} is label {label} at train\[\d+\]",
+                          r"#oxfordpets\)$")
+
+
+def test_split_class_name_of_another_label_is_refused(general10_root):
+    root, fakes = general10_root
+    fake = fakes["EuroSAT"]
+    _, label, name = fake.split["test"][0]
+    other = [n for n in GENERAL10_NAMES["EuroSAT"] if n != name][0]
+    row = edit_split_row(fake, "test", 0, 2, other)
+    # The other class's name is known with its own label first, so that is what the row contradicts.
+    fails_without_writing(root, make_dataset_cfg(root, "EuroSAT", shots=1),
+                          r"split_zhou_EuroSAT\.json: test\[0\]", re.escape(repr(row)),
+                          rf"has label {label}, but class {other!r} is label \d+ at train\[\d+\]")
+
+
+def test_split_class_name_never_seen_for_a_known_label_is_refused(general10_root):
+    """A renamed class (a typo in one row): its label is known under its first name."""
+    root, fakes = general10_root
+    fake = fakes["EuroSAT"]
+    _, label, name = fake.split["test"][0]
+    row = edit_split_row(fake, "test", 0, 2, name + "s")
+    fails_without_writing(root, make_dataset_cfg(root, "EuroSAT", shots=1),
+                          r"split_zhou_EuroSAT\.json: test\[0\]", re.escape(repr(row)),
+                          rf"has label {label}, which is class {name!r} at train\[\d+\], not {name + 's'!r}")
+
+
+@pytest.mark.parametrize("label", ["1", 1.0, True, None])
+def test_split_label_that_is_not_an_integer_is_refused(general10_root, label):
+    root, fakes = general10_root
+    row = edit_split_row(fakes["DescribableTextures"], "train", 1, 1, label)
+    fails_without_writing(root, make_dataset_cfg(root, "DescribableTextures", shots=1),
+                          r"split_zhou_DescribableTextures\.json: train\[1\] is " + re.escape(repr(row)),
+                          r"not \[relative path, integer label, class name\]")
+
+
+def test_benchmark_refuses_a_member_label_beyond_its_tasks_classes(general10_root, monkeypatch):
+    """The second guard, for members that read no split file: with the split file's check
+    skipped, MultiTask still refuses a label that would fall into the next task."""
+    import datasets.splits
+    root, fakes = general10_root
+    monkeypatch.setattr(datasets.splits, "check_split_labels", lambda *args: None)
+    row = edit_split_row(fakes["Caltech101"], "test", 4, 1, 3)
+    image = os.path.join(fakes["Caltech101"].dataset_dir, "101_ObjectCategories", row[0])
+    cfg = make_dataset_cfg(root, yaml=GENERAL10, shots=1)
+    with pytest.raises(DatasetError) as info:  # after the members' few-shot draws, which are kept
+        DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)
+    assert str(info.value) == (f"DATASET.MULTITASK.TASKS[0] (Caltech101): test image {image} has label 3, "
+                               "outside the task's classes 0..2 (see DATASETS.md#your-own-benchmark)")
+
+
+def test_image_folder_giving_two_classes_one_name_is_refused_before_its_split_is_written(data_root):
+    """What a written split file would be refused for at the next read is refused at once."""
+    write_image_folder(data_root, "pics", ["apple", "Apple_"], 4)
+    cfg = make_dataset_cfg(data_root, "ImageFolder", shots=1, DATASET__IMAGE_FOLDER__DIR="pics")
+    fails_without_writing(data_root, cfg, r"split file \S+pics/split_imagefolder\.json: \w+\[\d+\]",
+                          r"has label 1, outside 0\.\.0 \(its 1 class names\); 2 labels share these 1 "
+                          r"names: give every class its own name", r"#image-folders\)$")
 
 
 def test_corrupt_image_in_folder_is_named(data_root):

@@ -8,6 +8,7 @@ import logging
 import os
 import multiprocessing
 import random
+import re
 import time
 from types import SimpleNamespace
 
@@ -307,8 +308,8 @@ class Cache:
     def __init__(self, folder):
         self.folder = str(folder)
 
-    def misses(self, cfg, visual, loader, precision="fp32", split="test") -> bool:
-        described = fc.describe(cfg, visual, precision, "cpu", loader, split)
+    def misses(self, cfg, visual, loader, precision="fp32", split="test", device="cpu") -> bool:
+        described = fc.describe(cfg, visual, precision, device, loader, split)
         encoded: list = []
 
         def batches():
@@ -436,6 +437,132 @@ def test_moved_data_root_hits(warm, tmp_path_factory):
     assert not warm.cache.misses(cfg, warm.visual, real_loader(paths, cfg))
 
 
+# ------------------------------------------------------------ what the key sees (docs/speed.md)
+def documented_key_parts() -> list[str]:
+    """The first column of docs/speed.md's table under "What the cache key sees"."""
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "docs", "speed.md")).read()
+    section = text.split("### What the cache key sees", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+
+
+class OtherReader:
+    """Stands for another image reader (a subclass of Dassl's DatasetWrapper), built lazily."""
+
+    @staticmethod
+    def make():
+        from dassl.data.data_manager import DatasetWrapper
+        return type("OtherReader", (DatasetWrapper,), {})
+
+
+def _changed_part(warm, part: str, monkeypatch) -> dict:
+    """The arguments of ``Cache.misses`` with only ``part`` of the key changed, through the
+    inputs a user changes (config, model, loader, library)."""
+    import torchvision.transforms as T
+    from dassl.data.data_manager import build_data_loader
+    from dassl.data.datasets import Datum
+    from dassl.data.transforms import build_transform
+    cfg = base_cfg(warm.root)
+    same_transform = build_transform(cfg, is_train=False)
+    args = dict(cfg=cfg, visual=warm.fresh_visual(), loader=real_loader(warm.paths, cfg))
+    if part == "weights":
+        with torch.no_grad():
+            next(args["visual"].parameters()).view(-1)[0] += 1e-3
+    elif part == "backbone":
+        args["cfg"] = base_cfg(warm.root, **{"MODEL.BACKBONE.PRETRAINED_TAG": "laion2b_s34b_b79k"})
+    elif part == "precision":
+        args["precision"] = "fp16"
+    elif part == "device":
+        args["device"] = "cuda"  # only its type enters the key: no GPU needed
+    elif part == "dataset":
+        args["cfg"] = base_cfg(warm.root, **{"DATASET.NAME": "Toy"})
+    elif part == "split":
+        args["split"] = "val"
+    elif part == "input":  # the config's INPUT keys alone; the transform object kept the same
+        args["cfg"] = base_cfg(warm.root, **{"INPUT.PIXEL_STD": [0.5, 0.5, 0.5]})
+        args["loader"] = real_loader(warm.paths, cfg, same_transform)
+    elif part == "reader":
+        items = [Datum(impath=p, label=i % 2, classname=str(i % 2)) for i, p in enumerate(warm.paths)]
+        args["loader"] = build_data_loader(cfg, sampler_type="SequentialSampler", data_source=items,
+                                           batch_size=2, tfm=same_transform, is_train=False,
+                                           dataset_wrapper=OtherReader.make())
+    elif part == "transform":
+        args["loader"] = real_loader(warm.paths, cfg, T.Compose([*same_transform.transforms[:-1]]))
+    elif part == "images":
+        args["loader"] = real_loader(warm.paths, cfg, labels=[1, 0, 1, 0])
+    elif part == "versions":
+        versions = dict(fc.library_versions(), pillow="0.0.1")
+        monkeypatch.setattr(fc, "library_versions", lambda: versions)
+    else:
+        raise AssertionError(f"no change written for the documented key part {part!r}")
+    return args
+
+
+def test_the_documented_key_parts_are_the_keys_parts(warm):
+    cfg = base_cfg(warm.root)
+    described = fc.describe(cfg, warm.visual, "fp32", "cpu", real_loader(warm.paths, cfg), "test")
+    assert sorted(documented_key_parts()) == sorted(described)
+
+
+@pytest.mark.parametrize("part", documented_key_parts())
+def test_each_documented_key_part_changed_alone_misses(warm, part, monkeypatch):
+    """docs/speed.md#what-the-cache-key-sees, row by row: that part alone changed is a new key."""
+    cfg = base_cfg(warm.root)
+    before = fc.describe(cfg, warm.visual, "fp32", "cpu", real_loader(warm.paths, cfg), "test")
+    args = _changed_part(warm, part, monkeypatch)
+    after = fc.describe(args["cfg"], args["visual"], args.get("precision", "fp32"), args.get("device", "cpu"),
+                        args["loader"], args.get("split", "test"))
+    assert [k for k in before if before[k] != after[k]] == [part]  # that part, and only it, changed
+    assert warm.cache.misses(**args)
+
+
+def replace_keeping_size_and_time(path: str, colour) -> None:
+    """Other pixels under ``path``, padded to the old size after the image's end, old time back."""
+    from PIL import Image
+    import io
+    st = os.stat(path)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buf, "PNG")
+    blob = buf.getvalue()
+    assert len(blob) <= st.st_size
+    with open(path, "wb") as f:
+        f.write(blob + b"\0" * (st.st_size - len(blob)))  # PNG readers stop at IEND
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_by_default_a_replacement_keeping_size_and_time_is_not_seen(warm):
+    """The documented limit of the default key (docs/speed.md#what-the-cache-key-sees)."""
+    replace_keeping_size_and_time(warm.paths[1], (255, 0, 0))
+    cfg = base_cfg(warm.root)
+    assert not warm.cache.misses(cfg, warm.visual, real_loader(warm.paths, cfg))
+
+
+def test_content_hash_sees_a_replacement_keeping_size_and_time(warm):
+    hashed = base_cfg(warm.root, **{"TEST.FEATURE_CACHE_HASH": True})
+    assert warm.cache.misses(hashed, warm.visual, real_loader(warm.paths, hashed))  # its own key
+    assert not warm.cache.misses(hashed, warm.visual, real_loader(warm.paths, hashed))
+    replace_keeping_size_and_time(warm.paths[1], (255, 0, 0))
+    assert warm.cache.misses(hashed, warm.visual, real_loader(warm.paths, hashed))
+
+
+def test_content_hash_ignores_a_new_time_on_the_same_bytes(warm):
+    hashed = base_cfg(warm.root, **{"TEST.FEATURE_CACHE_HASH": True})
+    assert warm.cache.misses(hashed, warm.visual, real_loader(warm.paths, hashed))
+    st = os.stat(warm.paths[2])
+    os.utime(warm.paths[2], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert not warm.cache.misses(hashed, warm.visual, real_loader(warm.paths, hashed))
+
+
+def test_content_digest_is_the_sha256_of_the_bytes(tmp_path):
+    import hashlib
+    path = tmp_path / "a.bin"
+    blob = bytes(range(256)) * 9000  # over two read chunks
+    path.write_bytes(blob)
+    assert fc.content_digest(str(path)) == "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert fc.content_digest(str(tmp_path / "missing")) is None
+
+
 # ------------------------------------------------------------ which transforms are cached
 @pytest.mark.parametrize("choices", [["normalize"], ["normalize", "instance_norm"], []])
 def test_dassl_test_transforms_are_deterministic(tmp_path, choices):
@@ -529,6 +656,34 @@ def test_every_trainer_reads_the_cache_exactly_and_encodes_no_image(trainer, toy
         assert [t["correct"] for t in report["tasks"]] == [t["correct"] for t in off["tasks"]]
     splits = {"test"} | ({"train", "val"} if trainer == "LinearProbeCLIP" else set())
     assert {f.split("-")[1] for f in os.listdir(cache) if f.endswith(".pt")} == splits
+
+
+@pytest.mark.slow  # four zero-shot evaluations of the toy benchmark (about 17 s)
+def test_images_replaced_keeping_size_and_time_are_seen_with_the_content_hash(tmp_path):
+    """The issue's case end to end: 10 test images replaced in place, size and time kept. The
+    default key serves the old features (documented); TEST.FEATURE_CACHE_HASH True encodes
+    again, and exactly the 10 replaced images' features change."""
+    root, cache = str(tmp_path / "data"), tmp_path / "features"
+
+    def zero_shot(name, *opts):
+        before = set(os.listdir(cache)) if cache.exists() else set()
+        _, log = run("ZeroshotCLIP", root, tmp_path / name, cache, *opts)
+        new = [f for f in set(os.listdir(cache)) - before if f.endswith(".pt")]
+        return log, [torch.load(cache / f, weights_only=True)["features"] for f in new]
+
+    _, (default,) = zero_shot("before")
+    log, (hashed,) = zero_shot("hashed", "TEST.FEATURE_CACHE_HASH", "True")
+    assert "computed in" in log and torch.equal(hashed, default)  # its own key; the same features
+    folder = os.path.join(root, "toy", "colours")
+    with open(os.path.join(folder, "split_imagefolder.json")) as f:
+        test_rows = json.load(f)["test"]
+    for rel, _, _ in test_rows[:10]:
+        replace_keeping_size_and_time(os.path.join(folder, rel), (0, 0, 0))
+    log, stored = zero_shot("stale")
+    assert "computed in" not in log and stored == []  # the default's blind spot: old features
+    log, (seen,) = zero_shot("seen", "TEST.FEATURE_CACHE_HASH", "True")
+    assert "computed in" in log
+    assert int((seen != hashed).any(dim=1).sum()) == 10
 
 
 def zero_shot_trainer(toy_root, out, *opts):

@@ -87,6 +87,33 @@ def test_without_the_random_states_the_resumed_run_differs(toy_root, uninterrupt
     assert any(d.startswith("checkpoint.state_dict.") for d in found), found
 
 
+@pytest.mark.slow  # two trainings of 2 epochs on the paper config (about 20 s)
+def test_numpys_random_state_after_resume_equals_the_uninterrupted_runs(toy_root, tmp_path):
+    """SoftCPT's paper config (ViT-B/16 file on tiny-b16, 32 px, 2 epochs) with Dassl's cutout
+    added, which draws from NumPy's global generator. It does so in the main process only
+    with NUM_WORKERS 0 (a DataLoader worker seeds its own NumPy from torch's seed, so with
+    workers the main process draws nothing from NumPy and a lost NumPy state could not
+    show): the resumed run must go on from the saved NumPy state. Checkpoints record that
+    state (rng.numpy), compared here with everything else."""
+    epochs = 2
+    args = ["--seed", "1", "--trainer", "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml",
+            "--config-file", "configs/trainers/SoftCPT/vit_b16_ep50.yaml", "--backbone", "tiny-b16",
+            "DATASET.NUM_SHOTS", "2", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", str(epochs),
+            "DATALOADER.NUM_WORKERS", "0", "TRAIN.CHECKPOINT_FREQ", "1",  # keep epoch 1's file
+            "INPUT.TRANSFORMS", "['random_resized_crop', 'random_flip', 'normalize', 'cutout']"]
+    full, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    train.main(["--root", str(toy_root), "--output-dir", str(full), *args])
+    first, last = (torch.load(full / "prompt_learner" / f"model.pth.tar-{e}", weights_only=True)
+                   for e in (1, epochs))
+    assert first["rng"]["numpy"]["pos"] != last["rng"]["numpy"]["pos"], "epoch 2 drew nothing from NumPy"
+    killed_after(full, resumed, 1)
+    train.main(["--root", str(toy_root), "--output-dir", str(resumed), *args])
+    expected, got = run_outcome(str(full), epochs), run_outcome(str(resumed), epochs)
+    assert tree_differences(got["ckpt"]["rng"]["numpy"], expected["ckpt"]["rng"]["numpy"]) == []
+    assert differences(got, expected) == []
+    assert got["report"]["resumed_from_epoch"] == 1
+
+
 def a_checkpoint() -> dict:
     """A checkpoint's parts as a trainer saves them, from a real optimizer and schedule."""
     from yacs.config import CfgNode as CN

@@ -73,11 +73,12 @@ def ref_encode(clip, prompt_and_eos):
     return x @ clip.text_projection  # (D,)
 
 
-def ref_class_features(clip, head, node):
-    """h_tj for every class of every task, task 1 first (docs/method.md#forward-pass, steps 1-3), not normalised."""
+def ref_contexts(clip, head, node):
+    """c_tj = reshape(x_tj W) for every class of every task, task 1 first, as (task, class name,
+    context (N_CTX, width)) (docs/method.md#forward-pass, steps 1-2)."""
     P, Q, W = head.task_ctx, head.class_ctx, head.meta_net.weight  # W: (N_CTX*width, in)
     n_ctx = W.shape[0] // width(clip)
-    feats, j_global = [], 0
+    out, j_global = [], 0
     for t, names in enumerate(TASKS.classnames):
         Pt = P[t] if P is not None and P.dim() == 3 else P
         f_t = ref_encode(clip, ref_prompt(clip, Pt, TASKS.names[t]))
@@ -89,9 +90,16 @@ def ref_class_features(clip, head, node):
             else:
                 x = f_t
             c = (x @ W.t()).reshape(n_ctx, width(clip))  # row-major: outputs 1..width = first vector
-            feats.append(ref_encode(clip, ref_prompt(clip, c, name, node.CLASS_TOKEN_POSITION)))
+            out.append((t, name, c))
             j_global += 1
-    return torch.stack(feats)
+    return out
+
+
+def ref_class_features(clip, head, node):
+    """h_tj for every class of every task, task 1 first (docs/method.md#forward-pass, steps 1-3),
+    not normalised."""
+    return torch.stack([ref_encode(clip, ref_prompt(clip, c, name, node.CLASS_TOKEN_POSITION))
+                        for _, name, c in ref_contexts(clip, head, node)])
 
 
 def ref_logits_and_loss(clip, head, node, images, labels):
@@ -164,6 +172,29 @@ def test_logits_and_loss_match_the_spec(any_clip, batch, case):
             assert_close_rel(loss, ref_loss)
             cached = model(images, text_features=model.text_features())  # eval cache
             assert_close_rel(cached, ref_logits)
+
+
+@pytest.mark.parametrize("any_clip, case", on_backbones(CASES, ("NATA", "CATA"), case_id),
+                         indirect=["any_clip"])
+def test_generated_contexts_per_task_are_the_mean_over_the_tasks_classes(any_clip, case):
+    """What generated_contexts.pt and interpret_prompt.py report: per class c_tj = G(x_tj) for the
+    class-aware variants and, per task, their plain mean over the task's classes (3 and 4 classes
+    here, so a sum, another task's classes or a single class differ); c_t = G(f_t) for NA."""
+    from trainers.text_encoder import TextEncoder
+    head, node = build(any_clip, *case_opts(case))
+    with torch.no_grad():
+        per_task, per_class = head.generated_contexts(TextEncoder(any_clip))
+        ref = ref_contexts(any_clip, head, node)
+    n_tasks = len(TASKS.classnames)
+    if not node.CSC:  # every class of a task has its task's context: any one of them is c_t
+        assert per_class is None
+        expected = torch.stack([next(c for t, _, c in ref if t == task) for task in range(n_tasks)])
+    else:
+        assert_close_rel(per_class, torch.stack([c for _, _, c in ref]))
+        expected = torch.stack([sum(c for t, _, c in ref if t == task) / len(TASKS.classnames[task])
+                                for task in range(n_tasks)])
+    assert per_task.shape == (n_tasks, node.N_CTX, width(any_clip))
+    assert_close_rel(per_task, expected)
 
 
 @pytest.mark.parametrize("variant", ["NATS", "CSTS"])

@@ -5,7 +5,8 @@ the normalised features u of a split depend only on: the image encoder's weights
 (a hash of its state), the backbone, the precision and device type, the dataset
 and split, the transform (each step's type and parameters; see
 ``describe_transform``), the image list (root-relative paths, labels, and each
-file's size and modification time), and the versions of torch, torchvision,
+file's size and modification time, or with ``TEST.FEATURE_CACHE_HASH`` a hash of
+its bytes: see ``image_list``), and the versions of torch, torchvision,
 Pillow, Dassl and open_clip, which read, resize and encode the images. All of
 these make up the key of a file ``<folder>/<dataset>-<split>-<digest>.pt``; the
 seed, the shot count and the trainer are not part of it, so every run of a
@@ -93,17 +94,46 @@ def tensors_fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-def image_list(data_source: Iterable, root: str) -> list[list]:
-    """``[[path, label, size, mtime_ns], ...]`` of Dassl ``Datum``s.
+HASH_THREADS = 8  # files read at once: on a network file system each file's latency dominates
+_CHUNK = 1 << 20
+
+
+def content_digest(path: str) -> Optional[str]:
+    """``"sha256:<hex>"`` of the file's bytes; None if it cannot be read (reading it for the
+    evaluation then fails with Dassl's own message). sha256 is the fastest of hashlib's
+    digests on CPUs with SHA instructions (measured in scripts/bench/bench_feature_hash.py)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)  # releases the GIL: HASH_THREADS files hash in parallel
+    except OSError:
+        return None
+    return "sha256:" + h.hexdigest()
+
+
+def image_list(data_source: Iterable, root: str, content_hash: bool = False) -> list[list]:
+    """``[[path, label, size, identity], ...]`` of Dassl ``Datum``s.
 
     The path is relative to ``root`` (absolute if outside it), so moving ``$DATA``
-    keeps the key; the size and modification time (None for a missing file) make
-    a file replaced under the same name a new key.
+    keeps the key. ``identity`` is the modification time in ns (default) or, with
+    ``content_hash`` (TEST.FEATURE_CACHE_HASH), the digest of the file's bytes
+    (``content_digest``). With the time, a file replaced under the same name is a
+    new key only if its size or time differ (``cp -p``, ``rsync -a``, ``touch -r``
+    can keep both); with the digest, exactly when its bytes differ, at the cost
+    of reading every file. None for a missing file.
     """
     root = osp.abspath(root) if root else ""
+    items = list(data_source)
+    paths = [osp.abspath(item.impath) for item in items]
+    labels = [int(item.label) for item in items]
+    digests: list = [None] * len(paths)
+    if content_hash:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            digests = list(pool.map(content_digest, paths))
     out = []
-    for item in data_source:
-        path = osp.abspath(item.impath)
+    for path, label, digest in zip(paths, labels, digests):
         try:
             st = os.stat(path)
             size, mtime = st.st_size, st.st_mtime_ns
@@ -111,7 +141,7 @@ def image_list(data_source: Iterable, root: str) -> list[list]:
             size = mtime = None
         if root and path.startswith(root + os.sep):
             path = osp.relpath(path, root)
-        out.append([path, int(item.label), size, mtime])
+        out.append([path, label, size, digest if content_hash else mtime])
     return out
 
 
@@ -359,7 +389,8 @@ def describe(cfg, visual: nn.Module, precision: str, device: torch.device | str,
                   "mean": list(inp.PIXEL_MEAN), "std": list(inp.PIXEL_STD)},
         "reader": _type_name(type(wrapper)),  # what reads the images and applies the transform
         "transform": transform,
-        "images": image_list(wrapper.data_source, cfg.DATASET.ROOT),
+        "images": image_list(wrapper.data_source, cfg.DATASET.ROOT,
+                             content_hash=bool(cfg.TEST.get("FEATURE_CACHE_HASH", False))),
         "versions": library_versions(),
     }
 
