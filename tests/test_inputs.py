@@ -214,3 +214,21 @@ def test_a_test_image_damaged_after_the_split_is_named(kind, workers, data_root,
         "DATASET.NAME", "ImageFolder", "DATASET.IMAGE_FOLDER.DIR", "pics",
         "DATALOADER.NUM_WORKERS", str(workers), "TEST.FEATURE_CACHE", "False"], monkeypatch)
     assert f"error: cannot read image {bad} of the test split" in line
+
+
+# ------------------------------------------------------------------ a family's own check
+@pytest.mark.parametrize("key, value, allowed", [
+    ("C_GRID", "[]", "a non-empty list of finite numbers > 0"),
+    ("C_GRID", "[0.0, 1.0]", "a non-empty list of finite numbers > 0"),
+    ("PREC", "fp8", "one of ['fp16', 'fp32', 'amp']"),
+    ("MAX_ITER", "0", "an integer >= 1"),
+])
+def test_linear_probe_values_are_checked_with_every_value(key, value, allowed):
+    """config/linear_probe.py's check (register_config_check) runs in config.check_values."""
+    from config.merge import merge_list
+    cfg = get_cfg_default()
+    config.extend_cfg(cfg)
+    merge_list(cfg, [f"TRAINER.LINEAR_PROBE.{key}", value])
+    with pytest.raises(ConfigError) as err:
+        config.check_values(cfg)
+    assert str(err.value).startswith(f"TRAINER.LINEAR_PROBE.{key} is ") and allowed in str(err.value)
