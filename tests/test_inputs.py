@@ -28,6 +28,7 @@ from dassl.optim.optimizer import AVAI_OPTIMS  # noqa: E402
 from fixtures_data import make_dataset_cfg, write_image_folder  # noqa: E402
 
 import config  # noqa: E402
+import train  # noqa: E402,F401  (torch and the trainers, imported once here, not in a test's time)
 from config import ConfigError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +162,6 @@ def test_eval_only_of_an_unfinished_run_needs_load_epoch(tmp_path, monkeypatch):
     assert f"--model-dir {run} is a training run that has not finished" in line
     assert "saved epochs [1, 2]" in line and "--load-epoch N" in line
     (run / "done").write_text("finished\n")  # finished: the same command goes past this check
-    import train
     cfg = train.setup_cfg(train.build_parser().parse_args(
         [*TOY, "--eval-only", "--model-dir", str(run), "--output-dir", str(tmp_path / "eval")]))
     assert cfg.OUTPUT_DIR == str(tmp_path / "eval")
