@@ -6,12 +6,15 @@
         --output-dir output/toy/SoftCPT/seed1 [KEY VALUE ...]
 
 Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), bad config
-input (unknown key or trainer, wrong type, out of range, missing file, YAML error)
-ends in one message that says what to change (docs/troubleshooting.md), a
+input (unknown key or trainer, wrong type, out of range, missing or binary file, YAML
+error, a flag after the KEY VALUE options, an empty --output-dir) ends in one message that
+says what to change (docs/troubleshooting.md), before torch is imported where the config
+alone decides, a
 finished run leaves a ``done`` marker in its output directory, written last, every
 attempt of a run (and the error that ends one) goes to the same ``log.txt``,
 ``--eval-only`` never writes into a training run's folder or into ``./output``
-unasked: its results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``.
+unasked: its results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``; it
+evaluates a run that has not finished only at the epoch ``--load-epoch`` names.
 
 A run owns its output folder while it trains or evaluates (a second process into
 it stops at once, trainers/run_folder.py), refuses a folder recorded with other
