@@ -54,6 +54,20 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+# A run's log (trainers/logs.py tees stdout into it). Here, in a leaf, so that train.py can
+# record a config error there before torch is imported.
+LOG_NAME = "log.txt"
+
+
+def append_to_log(output_dir: str, text: str) -> None:
+    """Add ``text`` to ``<output_dir>/log.txt`` without a tee (errors before the run starts).
+    One short write in append mode: it lands whole after what is there."""
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, LOG_NAME), "a") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+
+
 def atomic_write(path: str, data: Union[bytes, str]) -> None:
     """Replace ``path`` by ``data`` so that it is never seen half written."""
     if isinstance(data, str):

@@ -6,12 +6,15 @@
         --output-dir output/toy/SoftCPT/seed1 [KEY VALUE ...]
 
 Differences from CoOp: ``--seed 0`` seeds with 0 (CoOp ignores it), bad config
-input (unknown key or trainer, wrong type, out of range, missing file, YAML error)
-ends in one message that says what to change (docs/troubleshooting.md), a
+input (unknown key or trainer, wrong type, out of range, missing or binary file, YAML
+error, a flag after the KEY VALUE options, an empty --output-dir) ends in one message that
+says what to change (docs/troubleshooting.md), before torch is imported where the config
+alone decides, a
 finished run leaves a ``done`` marker in its output directory, written last, every
 attempt of a run (and the error that ends one) goes to the same ``log.txt``,
 ``--eval-only`` never writes into a training run's folder or into ``./output``
-unasked: its results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``.
+unasked: its results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``; it
+evaluates a run that has not finished only at the epoch ``--load-epoch`` names.
 
 A run owns its output folder while it trains or evaluates (a second process into
 it stops at once, trainers/run_folder.py), refuses a folder recorded with other
@@ -48,7 +51,8 @@ except ImportError as err:  # pragma: no cover - exercised by hand
 # --help-config answers before torch, Dassl's engine and the trainers are imported.
 from dassl.config import get_cfg_default  # noqa: E402
 
-from config import ConfigError, check_values, extend_cfg  # noqa: E402
+from atomic_files import append_to_log  # noqa: E402
+from config import ConfigError, check_path, check_values, extend_cfg  # noqa: E402
 from config.official import translate_trainer  # noqa: E402
 from config.merge import load_yaml, merge_file, merge_list  # noqa: E402
 
@@ -62,9 +66,109 @@ def help_config() -> str:
     return cfg.dump()
 
 
-if __name__ == "__main__" and "--help-config" in sys.argv[1:]:  # main() would answer the same, later
-    print(help_config())
-    sys.exit(0)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--root", type=str, default="", help="path to dataset ($DATA)")
+    p.add_argument("--output-dir", type=str, default=None, help="output directory")
+    p.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
+    p.add_argument("--seed", type=int, default=None, help="random seed (0 is a seed too)")
+    p.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    p.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    p.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    p.add_argument("--config-file", type=str, default="", help="trainer config file")
+    p.add_argument("--dataset-config-file", type=str, default="", help="dataset config file")
+    p.add_argument("--trainer", type=str, default="", help="name of trainer")
+    p.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
+    p.add_argument("--head", type=str, default="", help="name of head")
+    p.add_argument("--eval-only", action="store_true", help="evaluation only")
+    p.add_argument("--model-dir", type=str, default="", help="load model from this directory")
+    p.add_argument("--load-epoch", type=int, help="load model weights at this epoch")
+    p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: a trainer kept outside trainers/ that registers "
+                        "itself (and its config keys), e.g. my_pkg.kgcoop; repeatable")
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                   help="modify config options using the command-line")
+    return p
+
+
+def read_cfg(args: argparse.Namespace):
+    """The merged config with every value checked (config.check_values), not frozen: torch-free,
+    so ``python train.py`` refuses a bad value before importing torch. ``--eval-only``'s
+    output folder is decided by ``setup_cfg``."""
+    check_command_line(args)
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    if args.dataset_config_file:
+        merge_file(cfg, args.dataset_config_file, "--dataset-config-file")
+    if args.config_file:
+        merge_file(cfg, args.config_file, "--config-file")
+    for flag, key in [("root", "DATASET.ROOT"), ("output_dir", "OUTPUT_DIR"), ("resume", "RESUME"),
+                      ("source_domains", "DATASET.SOURCE_DOMAINS"),
+                      ("target_domains", "DATASET.TARGET_DOMAINS"), ("transforms", "INPUT.TRANSFORMS"),
+                      ("trainer", "TRAINER.NAME"), ("backbone", "MODEL.BACKBONE.NAME"),
+                      ("head", "MODEL.HEAD.NAME")]:
+        value = getattr(args, flag)
+        if value:
+            merge_list(cfg, [key, value], f"--{flag.replace('_', '-')}")
+    if args.seed is not None:  # unlike CoOp, --seed 0 is honoured
+        cfg.SEED = args.seed
+    if args.config_file and not load_yaml(args.config_file, "--config-file"):
+        raise ConfigError(f"--config-file {args.config_file} is empty: it sets no key, so the run would "
+                          "have Dassl's defaults (no backbone, no schedule); start from a file in "
+                          f"configs/trainers/{args.trainer or '<trainer>'}/ (docs/troubleshooting.md#configuration).")
+    if args.config_file:  # recorded in results.json
+        cfg.CONFIG_NAME = osp.splitext(osp.basename(args.config_file))[0]
+    merge_list(cfg, args.opts or [])
+    check_values(cfg)
+    if not args.eval_only and not cfg.OUTPUT_DIR:  # the checkpoints would land in the current folder
+        raise ConfigError(f"OUTPUT_DIR is ''; allowed: a folder for the run's checkpoints and results "
+                          "(--output-dir DIR) (docs/troubleshooting.md#configuration).")
+    return cfg
+
+
+def check_command_line(args: argparse.Namespace) -> None:
+    """What the config cannot see: a flag among the trailing ``KEY VALUE`` options (argparse
+    takes it as a key there), an empty ``--output-dir`` (an unset shell variable: it would
+    train into ./output), paths too long for the file system."""
+    opts = args.opts or []
+    flags = {s for action in build_parser()._actions for s in action.option_strings}
+    for word in opts:
+        if word.split("=")[0] in flags:
+            raise ConfigError(f"command line: {word} comes after the KEY VALUE options "
+                              f"({' '.join(opts[:2])} ...), where every word is a config key or its "
+                              f"value; allowed: flags before the first KEY VALUE pair, e.g. "
+                              f"`python train.py {word.split('=')[0]} ... {' '.join(opts[:2])}` "
+                              "(docs/troubleshooting.md#configuration).")
+    if args.output_dir == "":
+        raise ConfigError("--output-dir is ''; allowed: a folder (an empty value is often an unset "
+                          "shell variable; leave the flag out for Dassl's ./output) "
+                          "(docs/troubleshooting.md#configuration).")
+    for flag in ("model_dir", "config_file", "dataset_config_file"):
+        check_path(f"--{flag.replace('_', '-')}", getattr(args, flag) or "")
+
+
+def record_config_error(args: argparse.Namespace, err: ConfigError) -> None:
+    """Add a config error to the run's log.txt (not an evaluation's: its --output-dir may be a
+    training run's folder)."""
+    if not args.eval_only:
+        try:
+            append_to_log(args.output_dir, f"error: {err}")
+        except OSError:  # a folder that cannot be written: the console has it
+            pass
+
+
+if __name__ == "__main__":  # main() would answer the same, after importing torch (seconds)
+    if "--help-config" in sys.argv[1:]:
+        print(help_config())
+        sys.exit(0)
+    _args = build_parser().parse_args(sys.argv[1:])
+    try:
+        if not _args.imports:  # a trainer to import may add keys: checked once it is, in main()
+            read_cfg(_args)
+    except ConfigError as _err:
+        record_config_error(_args, _err)
+        sys.exit(f"error: {_err}")
 
 import torch  # noqa: E402
 from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: E402
@@ -79,7 +183,7 @@ from trainers.atomic import atomic_write  # noqa: E402
 from trainers.backbone import WeightsError  # noqa: E402
 from trainers.plot import TransportError  # noqa: E402
 from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
-from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
+from trainers.logs import open_run_log, restore_stdout, setup_logging  # noqa: E402
 from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
 
 
@@ -126,63 +230,29 @@ STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
                   errno.EISDIR: "a folder is where a file should be"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", type=str, default="", help="path to dataset ($DATA)")
-    p.add_argument("--output-dir", type=str, default="", help="output directory")
-    p.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
-    p.add_argument("--seed", type=int, default=None, help="random seed (0 is a seed too)")
-    p.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
-    p.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
-    p.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
-    p.add_argument("--config-file", type=str, default="", help="trainer config file")
-    p.add_argument("--dataset-config-file", type=str, default="", help="dataset config file")
-    p.add_argument("--trainer", type=str, default="", help="name of trainer")
-    p.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
-    p.add_argument("--head", type=str, default="", help="name of head")
-    p.add_argument("--eval-only", action="store_true", help="evaluation only")
-    p.add_argument("--model-dir", type=str, default="", help="load model from this directory")
-    p.add_argument("--load-epoch", type=int, help="load model weights at this epoch")
-    p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first: a trainer kept outside trainers/ that registers "
-                        "itself (and its config keys), e.g. my_pkg.kgcoop; repeatable")
-    p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                   help="modify config options using the command-line")
-    return p
-
-
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    if args.dataset_config_file:
-        merge_file(cfg, args.dataset_config_file, "--dataset-config-file")
-    if args.config_file:
-        merge_file(cfg, args.config_file, "--config-file")
-    for flag, key in [("root", "DATASET.ROOT"), ("output_dir", "OUTPUT_DIR"), ("resume", "RESUME"),
-                      ("source_domains", "DATASET.SOURCE_DOMAINS"),
-                      ("target_domains", "DATASET.TARGET_DOMAINS"), ("transforms", "INPUT.TRANSFORMS"),
-                      ("trainer", "TRAINER.NAME"), ("backbone", "MODEL.BACKBONE.NAME"),
-                      ("head", "MODEL.HEAD.NAME")]:
-        value = getattr(args, flag)
-        if value:
-            merge_list(cfg, [key, value], f"--{flag.replace('_', '-')}")
-    if args.seed is not None:  # unlike CoOp, --seed 0 is honoured
-        cfg.SEED = args.seed
-    if args.config_file and not load_yaml(args.config_file, "--config-file"):
-        raise ConfigError(f"--config-file {args.config_file} is empty: it sets no key, so the run would "
-                          "have Dassl's defaults (no backbone, no schedule); start from a file in "
-                          f"configs/trainers/{args.trainer or '<trainer>'}/ (docs/troubleshooting.md#configuration).")
-    if args.config_file:  # recorded in results.json
-        cfg.CONFIG_NAME = osp.splitext(osp.basename(args.config_file))[0]
-    merge_list(cfg, args.opts or [])
-    check_values(cfg)
+    """``read_cfg``, then where ``--eval-only`` writes; frozen."""
+    cfg = read_cfg(args)
     if args.eval_only:
+        check_finished(args.model_dir, args.load_epoch)
         explicit = bool(args.output_dir) or "OUTPUT_DIR" in (args.opts or [])[::2]
         cfg.OUTPUT_DIR = eval_output_dir(cfg.OUTPUT_DIR if explicit else "", args.model_dir,
                                          args.load_epoch)
     cfg.freeze()
     return cfg
+
+
+def check_finished(model_dir: str, epoch: Optional[int]) -> None:
+    """``--eval-only`` of a training run that never finished (no ``done`` marker) needs
+    ``--load-epoch``: its newest checkpoint is not the model the run would have ended with."""
+    folder = osp.join(model_dir, ckpt_io.HEAD_NAME) if model_dir else ""
+    if epoch is not None or not folder or not osp.isdir(folder) or \
+            osp.exists(osp.join(model_dir, DONE_MARKER)):
+        return
+    raise ConfigError(f"--model-dir {model_dir} is a training run that has not finished (no "
+                      f"'{DONE_MARKER}' marker; saved epochs {ckpt_io.saved_epochs(folder)}): its newest "
+                      "checkpoint is not its final model. Rerun its training command to finish it, or "
+                      "give --load-epoch N to evaluate epoch N (docs/troubleshooting.md#checkpoints).")
 
 
 def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> str:
@@ -269,12 +339,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         cfg = setup_cfg(args)
         check_trainer(cfg.TRAINER.NAME)
         check_dataset(cfg.DATASET.NAME)
+        check_inputs = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_inputs", None)
+        if check_inputs is not None:  # what needs torch to check (the backbone's name)
+            check_inputs(cfg)
     except ConfigError as err:  # before log.txt is open: add it there all the same
-        if not args.eval_only:  # (an eval's --output-dir may be a training run's folder)
-            try:
-                append_to_log(args.output_dir, f"error: {err}")
-            except OSError:  # a folder that cannot be written: the console has it
-                pass
+        record_config_error(args, err)
         raise
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)

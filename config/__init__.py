@@ -19,6 +19,8 @@ messages a user can act on; ``config/run_settings.py`` says which keys a run rec
 """
 from __future__ import annotations
 
+import math
+import os
 from typing import Callable
 
 from yacs.config import CfgNode as CN
@@ -29,6 +31,25 @@ PRECISIONS = ("fp16", "fp32", "amp")
 PARAM_DTYPES = ("fp32", "fp16")
 # Where the class name goes in a class prompt (CLASS_TOKEN_POSITION; trainers/prompt.py).
 POSITIONS = ("end", "middle", "front")
+# CLIP's text context: 77 tokens hold [SOS], the context, the name, "." and [EOS], so a
+# context leaves room for a one-token name with at most 77 - 4 vectors. Where the names are
+# known (trainers/prompt.py), the longest one decides.
+CONTEXT_LENGTH = 77
+MAX_N_CTX = CONTEXT_LENGTH - 4
+# Dassl's optimizers (dassl.optim.build_optimizer) and the schedules trainers/schedule.py builds.
+OPTIMIZERS = ("adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw")
+SCHEDULERS = ("cosine", "single_step", "multi_step")
+WARMUP_TYPES = ("constant", "linear")
+# Which model Dassl evaluates after training: the last epoch's, or the best on validation.
+FINAL_MODELS = ("last_step", "best_val")
+# An epoch count beyond any real run; Dassl's ETA (a timedelta of C ints) overflows far above it.
+MAX_EPOCHS = 1_000_000
+# NumPy's seeds (Dassl's set_random_seed seeds it); -1 leaves the run unseeded.
+MAX_SEED = 2**32 - 1
+# Keys holding a path, with the flag that sets them: each part must fit the file system.
+PATH_KEYS = {"OUTPUT_DIR": "--output-dir", "DATASET.ROOT": "--root", "RESUME": "--resume",
+             "TEST.FEATURE_CACHE_DIR": ""}
+DOCS = "docs/troubleshooting.md#configuration"
 
 
 class ConfigError(ValueError):
@@ -40,6 +61,19 @@ class ConfigError(ValueError):
 # Every key family's hook, in registration order: the in-tree families (imported at the
 # end of this file) first, then trainers kept outside (examples/my_trainer.py).
 _HOOKS: list[Callable[[CN], None]] = []
+
+
+# Every key family's own check of its node, run by check_values (register_config_check).
+_CHECKS: list[Callable[[CN], None]] = []
+
+
+def register_config_check(check: Callable[[CN], None]) -> Callable[[CN], None]:
+    """Decorator: ``check_values`` calls ``check(cfg)`` on every merged config, before torch is
+    imported, so a family's values are refused before any work. A family's defaults pass, so
+    only a value a user set can fail; a trainer also checks its node when it is built."""
+    if check not in _CHECKS:
+        _CHECKS.append(check)
+    return check
 
 
 def register_config_hook(hook: Callable[[CN], None]) -> Callable[[CN], None]:
@@ -88,9 +122,26 @@ def add_context_keys(node: CN, n_ctx: int) -> None:
 
 
 def check_context_keys(node: CN, prefix: str) -> None:
-    """N_CTX's range, where it counts: with CTX_INIT, n is the words' token count."""
+    """N_CTX's lower bound, where it counts: with CTX_INIT, n is the words' token count.
+    The upper bound is every trainer's, checked by ``check_context_lengths``."""
     if not node.CTX_INIT:
         check_int(f"{prefix}.N_CTX", node.N_CTX, 1)
+
+
+def check_context_lengths(cfg: CN) -> None:
+    """Every ``TRAINER.<X>.*N_CTX`` integer (N_CTX, SoftCPT's TASK_N_CTX and CLASS_N_CTX, any
+    registered family's) leaves room in CLIP's 77 tokens; unless its CTX_INIT words set it."""
+    for name, node in cfg.TRAINER.items():
+        if not isinstance(node, CN):
+            continue
+        for key, value in node.items():
+            words = node.get(key[:-len("N_CTX")] + "CTX_INIT", "")
+            if (key.endswith("N_CTX") and isinstance(value, int) and not isinstance(value, bool)
+                    and value > MAX_N_CTX and not words):
+                raise bad_value(f"TRAINER.{name}.{key}", value,
+                                f"an integer <= {MAX_N_CTX}: CLIP's {CONTEXT_LENGTH} text tokens hold "
+                                "[SOS], the context, the name (at least one token), '.' and [EOS] "
+                                f"({DOCS})")
 
 
 def extend_cfg(cfg: CN) -> None:
@@ -112,6 +163,10 @@ def extend_cfg(cfg: CN) -> None:
     # (a stat per image); True by a hash of its bytes (reads every image at each
     # evaluation; docs/speed.md#what-the-cache-key-sees).
     cfg.TEST.FEATURE_CACHE_HASH = False
+    # Warm-up epochs; 0 = none. Dassl's default -1 means the same, but a negative value is
+    # refused (check_values), so the default becomes 0.
+    if cfg.OPTIM.get("WARMUP_EPOCH") == -1:
+        cfg.OPTIM.WARMUP_EPOCH = 0
 
     for hook in _HOOKS:
         hook(cfg)
@@ -122,10 +177,46 @@ def bad_value(key: str, value, allowed: str) -> ConfigError:
     return ConfigError(f"{key} is {value!r}; allowed: {allowed}.")
 
 
-def check_int(key: str, value, low: int) -> None:
-    """``value`` is an integer (not a bool) >= ``low``, or a ConfigError naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise bad_value(key, value, f"an integer >= {low}")
+def check_int(key: str, value, low: int, high: int | None = None, why: str = "") -> None:
+    """``value`` is an integer (not a bool) >= ``low`` (and <= ``high``), or a ConfigError
+    naming ``key``; ``why`` is added to the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+            (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise bad_value(key, value, f"{allowed}{why}")
+
+
+def check_number(key: str, value, low: float, strict: bool = False, why: str = "") -> None:
+    """``value`` is a finite number (not a bool) >= ``low`` (> with ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (strict and value == low):
+        raise bad_value(key, value, f"a finite number {'>' if strict else '>='} {low:g}{why}")
+
+
+def check_choice(key: str, value, choices, why: str = "") -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise bad_value(key, value, f"one of {list(choices)}{why}")
+
+
+def check_path(key: str, value: str) -> None:
+    """Every part of the path ``value`` fits the file system (255 bytes on most), before a
+    folder is made or a file opened there; ``key`` names the config key or flag."""
+    if not value:
+        return
+    probe = os.path.abspath(value)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in value.split(os.sep):
+        size = len(os.fsencode(part))
+        if size > limit:
+            raise ConfigError(f"{key} is {value!r}; allowed: a path whose every part is at most "
+                              f"{limit} bytes (the file system's limit), but {part[:20]!r}... has "
+                              f"{size} ({DOCS}).")
 
 
 def check_bool(key: str, value) -> None:
@@ -158,20 +249,42 @@ def check_values(cfg: CN) -> None:
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise bad_value("DATASET.NUM_SHOTS", shots, "an integer >= 0 (shots per class; 0 = the "
                         "whole training set)")
-    lr = cfg.OPTIM.LR
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise bad_value("OPTIM.LR", lr, "a number > 0")
-    check_int("OPTIM.MAX_EPOCH", cfg.OPTIM.MAX_EPOCH, 1)
+    optim = cfg.OPTIM
+    check_number("OPTIM.LR", optim.LR, 0, strict=True)
+    check_int("OPTIM.MAX_EPOCH", optim.MAX_EPOCH, 1, MAX_EPOCHS)
+    check_choice("OPTIM.NAME", optim.NAME, OPTIMIZERS, f" ({DOCS})")
+    check_choice("OPTIM.LR_SCHEDULER", optim.LR_SCHEDULER, SCHEDULERS, f" ({DOCS})")
+    check_int("OPTIM.WARMUP_EPOCH", optim.WARMUP_EPOCH, 0, why=f" (0 = no warm-up; {DOCS})")
+    check_choice("OPTIM.WARMUP_TYPE", optim.WARMUP_TYPE, WARMUP_TYPES, f" ({DOCS})")
+    for key in ("WARMUP_CONS_LR", "WARMUP_MIN_LR"):
+        check_number(f"OPTIM.{key}", optim[key], 0)
+    seed = cfg.SEED
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (seed == -1 or 0 <= seed <= MAX_SEED):
+        raise bad_value("SEED (--seed)", seed, f"an integer in [0, {MAX_SEED}] (NumPy's seeds), or -1 "
+                        f"for an unseeded run ({DOCS})")
+    size = cfg.INPUT.SIZE
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or \
+            any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+        raise bad_value("INPUT.SIZE", size, f"two integers >= 1, (height, width), e.g. (224, 224) ({DOCS})")
+    check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODELS,
+                 f" (last_step: the last epoch; best_val: the best on validation; {DOCS})")
+    for key, flag in PATH_KEYS.items():
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        check_path(f"{key} ({flag})" if flag else key, node[last])
     for split in ("TRAIN_X", "TEST"):
         check_int(f"DATALOADER.{split}.BATCH_SIZE", cfg.DATALOADER[split].BATCH_SIZE, 1)
     check_int("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, 0)
     check_int("TRAIN.CHECKPOINT_FREQ", cfg.TRAIN.CHECKPOINT_FREQ, 0)
-    decay = cfg.OPTIM.WEIGHT_DECAY
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay >= 0:
-        raise bad_value("OPTIM.WEIGHT_DECAY", decay, "a number >= 0 (Dassl's default 5e-4)")
+    check_number("OPTIM.WEIGHT_DECAY", cfg.OPTIM.WEIGHT_DECAY, 0, why=" (Dassl's default 5e-4)")
     for name, node in cfg.TRAINER.items():
         if isinstance(node, CN) and "STEPS_PER_BATCH" in node:
             check_prompt_keys(node, f"TRAINER.{name}")
+    check_context_lengths(cfg)
+    for check in _CHECKS:
+        check(cfg)
 
 
 # The in-tree key families, each registering its hook on import (after everything above,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from yacs.config import CfgNode as CN
 
 from config import (ConfigError, POSITIONS, add_context_keys, add_prompt_keys, bad_value, check_bool,
-                    check_context_keys, check_prompt_keys, register_config_hook)
+                    check_context_keys, check_prompt_keys, register_config_check, register_config_hook)
 
 SHARINGS = ("task", "all")
 
@@ -26,6 +26,12 @@ def add_coop_config(cfg: CN) -> None:
     # Who shares a class-agnostic context: "task" (one per task, CoOp-CA) or
     # "all" (one for every class of every task, CoOp-MT, hard sharing).
     node.SHARING = "task"
+
+
+@register_config_check
+def check_coop_values(cfg: CN) -> None:
+    """``check_coop_cfg`` on the merged config (``config.check_values`` calls it before torch)."""
+    check_coop_cfg(cfg.TRAINER.COOP)
 
 
 def check_coop_cfg(node: CN) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from config import register_config_hook
+from config import PRECISIONS, bad_value, check_choice, check_int, register_config_check, register_config_hook
 
 
 @register_config_hook
@@ -20,3 +20,16 @@ def add_linear_probe_config(cfg: CN) -> None:
     node.C_GRID = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
     # Iteration limit of scikit-learn's lbfgs solver.
     node.MAX_ITER = 1000
+
+
+@register_config_check
+def check_linear_probe_values(cfg: CN) -> None:
+    """Fail before building anything, naming the key and the allowed values."""
+    node = cfg.TRAINER.LINEAR_PROBE
+    check_choice("TRAINER.LINEAR_PROBE.PREC", node.PREC, PRECISIONS)
+    grid = node.C_GRID
+    if not isinstance(grid, (list, tuple)) or not grid or any(
+            isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < float("inf") for c in grid):
+        raise bad_value("TRAINER.LINEAR_PROBE.C_GRID", grid, "a non-empty list of finite numbers > 0 "
+                        "(inverse regularisation strengths)")
+    check_int("TRAINER.LINEAR_PROBE.MAX_ITER", node.MAX_ITER, 1)

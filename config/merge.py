@@ -71,8 +71,13 @@ def load_yaml(path: str, flag: str) -> dict:
         else:
             there = f"the folder {folder}/ does not exist either"
         raise ConfigError(f"{flag} {path}: no such file ({there}).")
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:  # an image, a checkpoint, an archive given by mistake
+        raise ConfigError(f"{flag} {path}: not a text file (byte {err.object[err.start]:#04x} at "
+                          f"offset {err.start} is not UTF-8); allowed: a YAML file of config keys, "
+                          f"e.g. one in configs/trainers/ ({HELP}).") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -10,7 +10,7 @@ import logging
 from yacs.config import CfgNode as CN
 
 from config import (ConfigError, POSITIONS, add_prompt_keys, bad_value, check_bool, check_int,
-                    check_prompt_keys, register_config_hook)
+                    check_prompt_keys, register_config_check, register_config_hook)
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,16 @@ def resolve_variant(cfg: CN) -> CN:
     return out
 
 
-def check_softcpt_cfg(node: CN) -> None:
-    """Fail before training, naming the key, on a value the method does not define."""
+@register_config_check
+def check_softcpt_values(cfg: CN) -> None:
+    """``check_softcpt_cfg`` on the merged config, variant resolved (``config.check_values``
+    calls it before torch; the trainer checks again, and warns, when it is built)."""
+    check_softcpt_cfg(resolve_variant(cfg).TRAINER.SOFTCPT, warn=False)
+
+
+def check_softcpt_cfg(node: CN, warn: bool = True) -> None:
+    """Fail before training, naming the key, on a value the method does not define;
+    ``warn``: also log the keys the variant ignores."""
     def bad(key, allowed):
         return bad_value(f"TRAINER.SOFTCPT.{key}", node[key], allowed)
 
@@ -116,6 +124,6 @@ def check_softcpt_cfg(node: CN) -> None:
     if node.META_NET != "lin" and not node.CSC:
         raise ConfigError(f"TRAINER.SOFTCPT.META_NET {node.META_NET!r} combines class and task "
                           "features and needs TRAINER.SOFTCPT.CSC True; use 'lin' otherwise.")
-    if not node.CSC and (node.CLASS_CTX_INIT or node.FREEZE_CLS_PROMPT):
+    if warn and not node.CSC and (node.CLASS_CTX_INIT or node.FREEZE_CLS_PROMPT):
         logger.warning("CLASS_CTX_INIT / FREEZE_CLS_PROMPT are ignored: CSC is False, so the "
                        "model has no class context.")

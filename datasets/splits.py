@@ -122,9 +122,21 @@ def check_images(paths: Iterable[str], section: str) -> None:
     the images a split or few-shot draw is about to record.
     """
     for path in paths:
-        try:
-            with Image.open(path) as im:
+        problem = image_problem(path)
+        if problem:
+            raise DatasetError(f"cannot read image {path} ({problem}); replace the file or remove it",
+                               section)
+
+
+def image_problem(path: str, decode: bool = False) -> str:
+    """Why ``path`` cannot be read as an image ("" if it can): its header and, for PNG, its
+    checksums; with ``decode``, every pixel too (a file cut short after its header)."""
+    try:
+        with Image.open(path) as im:
+            if decode:
+                im.load()
+            else:
                 im.verify()
-        except Exception as err:  # PIL raises many types for a bad file
-            raise DatasetError(f"cannot read image {path} ({type(err).__name__}: {err}); "
-                               "replace the file or remove it", section) from None
+    except Exception as err:  # PIL raises many types for a bad file
+        return f"{type(err).__name__}: {err}"
+    return ""

@@ -58,7 +58,8 @@ class TaskWordHead(PromptHead):
         # (n, W); n is the token count of ctx_init when given
         self.ctx = nn.Parameter(init_context(n_ctx, token_embedding.embedding_dim, words=ctx_init,
                                              token_embedding=token_embedding))
-        self.prompts = PromptBuilder(names, self.ctx.shape[0], token_embedding)
+        self.prompts = PromptBuilder(names, self.ctx.shape[0], token_embedding,
+                                     key="TRAINER.TASKWORD.N_CTX")  # named if a prompt is too long
 
     def forward(self, encoder: nn.Module, columns: Optional[torch.Tensor] = None,
                 image_features: Optional[torch.Tensor] = None) -> torch.Tensor:

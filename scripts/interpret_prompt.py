@@ -246,6 +246,12 @@ def main(argv: Optional[list[str]] = None) -> str:
     args = build_parser().parse_args(argv)
     if args.topk < 1:
         raise InterpretError(f"--topk is {args.topk}; give an integer >= 1")
+    if args.csv and osp.isdir(args.csv):
+        raise InterpretError(f"--csv is {args.csv!r}, a folder; allowed: a file path, e.g. "
+                             f"{osp.join(args.csv, 'nearest_words.csv')} (docs/prompts.md#nearest-words)")
+    if args.csv and not osp.isdir(osp.dirname(osp.abspath(args.csv))):
+        raise InterpretError(f"--csv is {args.csv!r}, in a folder that does not exist; allowed: a file "
+                             "path in an existing folder (docs/prompts.md#nearest-words)")
     path, run_dir = find_checkpoint(args.run_dir, args.epoch)
     ckpt = read_state(path)
     config = recorded_config(run_dir)

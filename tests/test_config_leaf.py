@@ -24,6 +24,7 @@ import config  # noqa: E402
 import train  # noqa: E402
 import trainers  # noqa: E402,F401  (the trainers import their config modules, as in a run)
 from config import ConfigError  # noqa: E402
+from config.merge import merge_list  # noqa: E402
 from config.cocoop import check_cocoop_cfg  # noqa: E402
 from config.coop import check_coop_cfg  # noqa: E402
 from config.softcpt import check_softcpt_cfg, resolve_variant  # noqa: E402
@@ -119,6 +120,14 @@ def parse(*opts: str) -> CN:
     return train.setup_cfg(train.build_parser().parse_args(list(opts)))
 
 
+def merged(*opts: str) -> CN:
+    """The config with ``opts`` merged and no value checked (``parse`` checks them all)."""
+    cfg = get_cfg_default()
+    config.extend_cfg(cfg)
+    merge_list(cfg, list(opts))
+    return cfg
+
+
 FAMILIES = [  # (node, its check on a merged config)
     ("SOFTCPT", lambda cfg: check_softcpt_cfg(resolve_variant(cfg).TRAINER.SOFTCPT)),
     ("COOP", lambda cfg: check_coop_cfg(cfg.TRAINER.COOP)),
@@ -128,9 +137,12 @@ FAMILIES = [  # (node, its check on a merged config)
 
 @pytest.mark.parametrize("name, check", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_n_ctx_reads_the_same_for_every_trainer(name, check):
-    cfg = parse(f"TRAINER.{name}.N_CTX", "0")
+    cfg = merged(f"TRAINER.{name}.N_CTX", "0")
     with pytest.raises(ConfigError) as info:
         check(cfg)
+    assert str(info.value) == f"TRAINER.{name}.N_CTX is 0; allowed: an integer >= 1."
+    with pytest.raises(ConfigError) as info:  # train.py's check of every value, before torch
+        parse(f"TRAINER.{name}.N_CTX", "0")
     assert str(info.value) == f"TRAINER.{name}.N_CTX is 0; allowed: an integer >= 1."
     cfg.defrost()
     cfg.TRAINER[name].N_CTX = True  # not through the merge, which refuses a bool for an integer

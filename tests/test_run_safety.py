@@ -38,7 +38,7 @@ def toy_args(root, out, *extra) -> list[str]:
 
 # ------------------------------------------------------------------ fast: inputs
 @pytest.mark.parametrize("key,value,allowed", [("TRAIN.CHECKPOINT_FREQ", "-1", "an integer >= 0"),
-                                               ("OPTIM.WEIGHT_DECAY", "-5", "a number >= 0")])
+                                               ("OPTIM.WEIGHT_DECAY", "-5", "a finite number >= 0")])
 def test_out_of_range_values_are_one_line_errors(key, value, allowed):
     args = train.build_parser().parse_args(["--trainer", "SoftCPT", key, value])
     with pytest.raises(ConfigError) as err:

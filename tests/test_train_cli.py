@@ -108,7 +108,7 @@ def test_an_unexpected_error_keeps_its_traceback_in_log_txt(tmp_path, monkeypatc
     (out).mkdir()
     (out / "log.txt").write_text("first attempt\n")
     with pytest.raises(RuntimeError):
-        train.main(["--trainer", "SoftCPT", "--output-dir", str(out), *TOY])
+        train.main(["--trainer", "SoftCPT", "--output-dir", str(out), *TOY, "MODEL.BACKBONE.NAME", "tiny"])
     log = (out / "log.txt").read_text()
     assert log.startswith("first attempt\n") and "a new attempt of this run" in log
     assert "Traceback" in log and "RuntimeError: something nobody foresaw" in log
@@ -131,7 +131,7 @@ def test_sigterm_leaves_a_last_line_in_log_txt(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "build_trainer", terminated)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(train.Stopped) as err:
-        train.main(["--trainer", "SoftCPT", "--output-dir", str(tmp_path), *TOY])
+        train.main(["--trainer", "SoftCPT", "--output-dir", str(tmp_path), *TOY, "MODEL.BACKBONE.NAME", "tiny"])
     assert err.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
     assert (tmp_path / "log.txt").read_text().endswith(
         "stopped by signal SIGTERM before the first epoch was saved: run the same command again to "

@@ -32,7 +32,7 @@ import open_clip
 import torch
 from torch import nn
 
-from config import PRECISIONS
+from config import PRECISIONS, ConfigError
 from trainers.atomic import atomic_torch_save
 from trainers.feature_cache import tensors_fingerprint
 
@@ -128,11 +128,22 @@ def _build(name: str, pretrained_tag: str, weights_dtype: str, device: torch.dev
     return model
 
 
+def check_backbone(name: str, pretrained_tag: str = "", pretrained: bool = True) -> None:
+    """Refuse a backbone ``load_clip`` cannot build, before data or model is built: the same
+    ConfigError ``load_clip`` would raise (the name, the valid ones, INSTALL.md#clip-weights)."""
+    if name in TINY_MODELS or osp.isfile(name):
+        return
+    if not pretrained or (name in COOP_TO_OPENCLIP and pretrained_tag in ("", "openai")):
+        _openclip_name(name)
+        return
+    _openclip_arch_and_tag(name, pretrained_tag)
+
+
 def _openclip_name(name: str) -> str:
     if name in COOP_TO_OPENCLIP:
         return COOP_TO_OPENCLIP[name]
     if name not in open_clip.list_models():
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.BACKBONE.NAME {name!r} is not a file, 'tiny', one of CoOp's names "
             f"{sorted(COOP_TO_OPENCLIP)}, or an open_clip model (open_clip.list_models()). "
             "See INSTALL.md#clip-weights.")
@@ -204,11 +215,7 @@ def load_weights_file(path: str, precision: str, device: torch.device | str) -> 
 
 def _load_openclip_weights(name: str, tag: str, precision: str,
                            device: torch.device | str) -> nn.Module:
-    arch = _openclip_name(name)
-    if not tag:
-        raise ValueError(f"MODEL.BACKBONE.NAME {name!r} is an open_clip model: set "
-                         f"MODEL.BACKBONE.PRETRAINED_TAG to one of "
-                         f"{open_clip.list_pretrained_tags_by_model(arch)} or to a weights file.")
+    arch = _openclip_arch_and_tag(name, tag)
     try:
         return open_clip.create_model(arch, pretrained=tag, precision=precision, device=device)
     except Exception as err:
@@ -216,6 +223,17 @@ def _load_openclip_weights(name: str, tag: str, precision: str,
             f"Could not load open_clip weights {arch}/{tag} ({err}). Download them on a machine "
             "with network access and set MODEL.BACKBONE.PRETRAINED_TAG to the file's path. "
             "See INSTALL.md#clip-weights.") from err
+
+
+def _openclip_arch_and_tag(name: str, tag: str) -> str:
+    """open_clip's architecture for ``name``; a ConfigError without weights to load into it."""
+    arch = _openclip_name(name)
+    if not tag:
+        raise ConfigError(f"MODEL.BACKBONE.NAME {name!r} is an open_clip model: set "
+                          f"MODEL.BACKBONE.PRETRAINED_TAG to one of "
+                          f"{open_clip.list_pretrained_tags_by_model(arch)} or to a weights file "
+                          "(INSTALL.md#clip-weights).")
+    return arch
 
 
 # ----------------------------------------------------------------------------

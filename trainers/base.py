@@ -30,7 +30,7 @@ from datasets.task_info import TaskInfo, task_info_of
 from trainers import checkpoint as ckpt_io
 from trainers import checkpoint_identity as identity
 from trainers import evaluation
-from trainers.backbone import load_clip, resolve_precision
+from trainers.backbone import check_backbone, load_clip, resolve_precision
 from trainers.checkpoint import HEAD_NAME, CheckpointError  # noqa: F401 (HEAD_NAME: for trainers)
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
 from trainers.schedule import build_lr_scheduler
@@ -131,6 +131,13 @@ class MultiTaskPromptTrainer(TrainerX):
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, task_info=self.task_info)
 
     # ------------------------------------------------------------------ build
+    @classmethod
+    def check_inputs(cls, cfg) -> None:
+        """What ``config.check_values`` cannot check without torch, checked by train.py before
+        any data or model is built: the backbone's name (open_clip's list)."""
+        backbone = cfg.MODEL.BACKBONE
+        check_backbone(backbone.NAME, backbone.PRETRAINED_TAG, backbone.PRETRAINED)
+
     @classmethod
     def resolved_cfg(cls, cfg):
         """The config this trainer runs with (SoftCPT fills its variant's keys): what checkpoints

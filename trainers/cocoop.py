@@ -62,7 +62,8 @@ class CoCoOpHead(PromptHead):
         # v^t: (T, n, W); n from ctx_init if given
         self.ctx = nn.Parameter(init_context(n_ctx, width, tasks, ctx_init, token_embedding))
         self.meta_nets = nn.ModuleList(meta_net(vis_dim, width) for _ in range(tasks))
-        self.prompts = PromptBuilder(task_info.all_classnames, self.ctx.shape[1], token_embedding)
+        self.prompts = PromptBuilder(task_info.all_classnames, self.ctx.shape[1], token_embedding,
+                                     key="TRAINER.COCOOP.N_CTX")
         self.register_buffer("task_of_class", torch.tensor(task_info.task_of_class), persistent=False)
         self.per_task_keys = tuple(self.state_dict())  # everything learned belongs to one task
 

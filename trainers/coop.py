@@ -53,7 +53,8 @@ class CoOpHead(PromptHead):
         # (C, n, W) per class, (T, n, W) per task, or (n, W) shared by all; n from ctx_init if given
         self.ctx = nn.Parameter(init_context(n_ctx, token_embedding.embedding_dim, groups, ctx_init,
                                              token_embedding))
-        self.prompts = PromptBuilder(names, self.ctx.shape[-2], token_embedding, class_token_position)
+        self.prompts = PromptBuilder(names, self.ctx.shape[-2], token_embedding, class_token_position,
+                                     key="TRAINER.COOP.N_CTX")
         self.register_buffer("task_of_class", torch.tensor(task_info.task_of_class), persistent=False)
         self.csc, self.sharing = csc, sharing
         if csc:

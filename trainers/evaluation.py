@@ -11,16 +11,19 @@ results.json (results_val.json for the val split) records of the run.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os.path as osp
 from collections import OrderedDict
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from datasets.errors import DatasetError
+from datasets.splits import image_problem
 from trainers import feature_cache
 from trainers.atomic import atomic_write
 
@@ -43,7 +46,7 @@ def split_features(model: nn.Module, loader, split: str, cfg, device: torch.devi
     ordered = feature_cache.ordered_loader(loader)
 
     def encode():
-        for batch in tqdm(ordered, desc=f"encoding {split} images"):
+        for batch in tqdm(named_image_errors(ordered, split), desc=f"encoding {split} images"):
             images = batch["img"].to(device)
             yield model.encode_image(images), batch["label"]
 
@@ -54,6 +57,29 @@ def split_features(model: nn.Module, loader, split: str, cfg, device: torch.devi
     folder = cfg.TEST.FEATURE_CACHE_DIR or feature_cache.default_folder()
     parts = feature_cache.describe(cfg, model.image_encoder, precision, device, loader, split)
     return feature_cache.cached_features(folder, parts, cfg.DATASET.NAME, split, encode)
+
+
+def named_image_errors(loader, split: str) -> Iterator[dict]:
+    """``loader``'s batches (a sequential loader); a batch that fails to load ends in a
+    DatasetError naming the image at fault. The split's images are checked when its file is
+    written (datasets/splits.py); one damaged later is found here, among the failing batch's
+    images only, so a healthy evaluation reads nothing twice."""
+    batches = iter(loader)
+    for index in itertools.count():
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:
+            items = loader.dataset.data_source[index * loader.batch_size:(index + 1) * loader.batch_size]
+            for item in items:
+                problem = image_problem(item.impath, decode=True)
+                if problem:
+                    raise DatasetError(f"cannot read image {item.impath} of the {split} split "
+                                       f"({problem}); replace the file, or remove it and delete "
+                                       "the split file to re-split", "error-messages") from None
+            raise
+        yield batch
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Optional
 
-LOG_NAME = "log.txt"
+from atomic_files import LOG_NAME, append_to_log  # noqa: F401  (train.py's pre-torch errors use it too)
 # Upstream Dassl ends training with the line "Finish training", where CoOp's parse_test_res.py
 # starts reading; the official SoftCPT code's parser starts at "Finished training", which its
 # Dassl fork prints. Every log gets the second line under the first, so both parsers read it
@@ -105,14 +105,6 @@ def open_run_log(output_dir: str) -> Optional[RunLog]:
     log = RunLog(os.path.join(output_dir, LOG_NAME), sys.stdout)
     sys.stdout = log
     return log
-
-
-def append_to_log(output_dir: str, text: str) -> None:
-    """Add ``text`` to ``<output_dir>/log.txt`` without a tee (errors before the run starts)."""
-    if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, LOG_NAME), "a") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

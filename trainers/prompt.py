@@ -12,7 +12,7 @@ import open_clip
 import torch
 from torch import nn
 
-from config import POSITIONS
+from config import CONTEXT_LENGTH, POSITIONS, ConfigError
 
 
 def tokenize(texts: Sequence[str]) -> torch.Tensor:
@@ -23,6 +23,25 @@ def tokenize(texts: Sequence[str]) -> torch.Tensor:
 def num_tokens(text: str) -> int:
     """BPE tokens in ``text`` without SOS/EOS."""
     return int(tokenize([text])[0].argmax()) - 1
+
+
+def check_prompt_length(texts: Sequence[str], names: Sequence[str], n_ctx: int, key: str) -> None:
+    """Every prompt fits CLIP's context: the tokenizer would cut a longer one silently (and the
+    context vectors would not fit). ``key``: the config key that set ``n_ctx``."""
+    lengths = tokenize_long(texts).argmax(dim=-1) + 1  # tokens with [SOS] and [EOS]
+    longest = int(lengths.argmax())
+    if int(lengths[longest]) > CONTEXT_LENGTH:
+        name_tokens = int(lengths[longest]) - n_ctx - 2
+        raise ConfigError(
+            f"{key} is {n_ctx}; allowed here: at most {CONTEXT_LENGTH - 2 - name_tokens}: the name "
+            f"{names[longest]!r} and '.' take {name_tokens} of CLIP's {CONTEXT_LENGTH} text tokens, "
+            "with [SOS] and [EOS] (docs/troubleshooting.md#configuration).")
+
+
+def tokenize_long(texts: Sequence[str]) -> torch.Tensor:
+    """Token ids without CLIP's cut at 77 (to measure a prompt): ``(N, L)``. A BPE token holds
+    at least one character, so L = the longest text's characters + [SOS] and [EOS] is enough."""
+    return open_clip.tokenize(list(texts), context_length=max(map(len, texts)) + 2)
 
 
 def embed_words(words: str, token_embedding: nn.Embedding) -> torch.Tensor:
@@ -61,13 +80,15 @@ class PromptBuilder(nn.Module):
     """
 
     def __init__(self, names: Sequence[str], n_ctx: int, token_embedding: nn.Embedding,
-                 position: str = "end") -> None:
+                 position: str = "end", key: str = "N_CTX") -> None:
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"class-token position must be one of {POSITIONS}, got {position!r}")
         names = [n.replace("_", " ") for n in names]
         slots = " ".join(["X"] * n_ctx)
         texts = [f"{slots} {n}." if n_ctx else f"{n}." for n in names]
+        if n_ctx:
+            check_prompt_length(texts, names, n_ctx, key)
         tokens = tokenize(texts)  # (N, L)
         with torch.no_grad():
             embedding = token_embedding(tokens.to(token_embedding.weight.device))  # (N, L, width)

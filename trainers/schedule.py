@@ -23,8 +23,7 @@ from typing import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-SCHEDULERS = ("cosine", "single_step", "multi_step")
-WARMUP_TYPES = ("constant", "linear")
+from config import SCHEDULERS, WARMUP_TYPES  # the names config.check_values accepts
 
 
 def successor_factor(name: str, max_epoch: int, stepsize, gamma: float) -> Callable[[int], float]:

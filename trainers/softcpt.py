@@ -71,7 +71,8 @@ class SoftCPTHead(PromptHead):
         task_n_ctx = num_tokens(task_ctx_init) if task_ctx_init else task_n_ctx
         self.task_ctx = _context(task_n_ctx, width, len(task_names) if task_csc else None,
                                  task_ctx_init, token_embedding)
-        self.task_prompts = PromptBuilder(task_names, task_n_ctx, token_embedding)
+        self.task_prompts = PromptBuilder(task_names, task_n_ctx, token_embedding,
+                                          key="TRAINER.SOFTCPT.TASK_N_CTX")
         self.per_task_keys = ("task_ctx",) if task_csc and self.task_ctx is not None else ()
 
         in_dim = embed_dim
@@ -83,13 +84,15 @@ class SoftCPTHead(PromptHead):
             if self.class_ctx is not None:
                 self.class_ctx.requires_grad_(not freeze_class_prompt)
                 self.per_class_keys = ("class_ctx",) if class_csc else ()
-            self.class_q_prompts = PromptBuilder(flat, class_n_ctx, token_embedding)
+            self.class_q_prompts = PromptBuilder(flat, class_n_ctx, token_embedding,
+                                                 key="TRAINER.SOFTCPT.CLASS_N_CTX")
             in_dim = 2 * embed_dim if meta_net == "lin" else embed_dim
 
         # G: x -> x W, W ~ N(0, 0.02^2), no bias; D or 2D -> N_CTX * W
         self.meta_net = nn.Linear(in_dim, n_ctx * width, bias=False)
         nn.init.normal_(self.meta_net.weight, std=0.02)
-        self.class_prompts = PromptBuilder(flat, n_ctx, token_embedding, class_token_position)
+        self.class_prompts = PromptBuilder(flat, n_ctx, token_embedding, class_token_position,
+                                           key="TRAINER.SOFTCPT.N_CTX")
 
     @classmethod
     def from_cfg(cls, cfg: CN, clip_model: nn.Module, task_info: TaskInfo) -> "SoftCPTHead":
