@@ -179,4 +179,5 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(train, "collect_env_info", lambda: "")  # slow, and beside the point
     with pytest.raises(RuntimeError, match="a bug"):
         train.main(["--trainer", "SoftCPT", "--output-dir", str(tmp_path),
-                    "--dataset-config-file", str(REPO / "configs" / "datasets" / "toy.yaml"), "MODEL.BACKBONE.NAME", "tiny"])
+                    "--dataset-config-file", str(REPO / "configs" / "datasets" / "toy.yaml"),
+                    "MODEL.BACKBONE.NAME", "tiny"])
