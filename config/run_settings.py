@@ -54,6 +54,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Values that older versions recorded for what is now written another way: Dassl's -1 defaults
+# ("none"), which the checks now refuse and the defaults write as 0. A rerun of such a run is
+# the same run, not one with other settings.
+SAME_MEANING = {"OPTIM.WARMUP_EPOCH": {-1: 0}, "DATASET.NUM_SHOTS": {-1: 0}}
+
+
+def _as_now(key: str, value: Any) -> Any:
+    meaning = SAME_MEANING.get(key)
+    return meaning.get(value, value) if meaning and isinstance(value, int) else value
+
+
 def config_differences(recorded: dict, current: dict,
                        ignore: tuple[str, ...] = RUN_ONLY_KEYS) -> list[tuple[str, Any, Any]]:
     """(key, recorded value, current value) of every key that changes results and differs.
@@ -62,7 +73,7 @@ def config_differences(recorded: dict, current: dict,
     """
     old, new = flatten(recorded), flatten(current)
     return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
-            if k not in ignore and old[k] != new[k]]
+            if k not in ignore and _as_now(k, old[k]) != new[k]]
 
 
 def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:

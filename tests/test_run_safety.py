@@ -65,6 +65,16 @@ def test_only_keys_that_change_results_are_compared():
     assert config_differences(recorded, current) == [("OPTIM.LR", 0.002, 0.001)]
 
 
+def test_dassls_old_minus_one_defaults_are_the_same_setting():
+    """Runs recorded before WARMUP_EPOCH / NUM_SHOTS defaulted to 0 wrote Dassl's -1 (none)."""
+    old = {"OPTIM": {"WARMUP_EPOCH": -1}, "DATASET": {"NUM_SHOTS": -1}}
+    assert config_differences(old, {"OPTIM": {"WARMUP_EPOCH": 0}, "DATASET": {"NUM_SHOTS": 0}}) == []
+    assert config_differences(old, {"OPTIM": {"WARMUP_EPOCH": 1}, "DATASET": {"NUM_SHOTS": 0}}) == \
+        [("OPTIM.WARMUP_EPOCH", -1, 1)]
+    assert config_differences({"OPTIM": {"WARMUP_EPOCH": 0}}, {"OPTIM": {"WARMUP_EPOCH": 1}}) == \
+        [("OPTIM.WARMUP_EPOCH", 0, 1)]
+
+
 def test_only_non_snapshot_epochs_older_than_the_newest_are_removed(tmp_path):
     for e in range(1, 6):
         (tmp_path / f"model.pth.tar-{e}").write_bytes(b"x")
