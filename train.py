@@ -19,6 +19,11 @@ settings, and ends cleanly on SIGTERM, SIGINT (Ctrl-C) and SIGUSR1: the last
 complete epoch stays resumable, log.txt says where it stopped, and the exit code
 is 128 + the signal's number (docs/reliability.md#guarantees). Storage faults (full disk,
 read-only folder, a path that is a file) end in one line naming the path.
+
+``--check-finished`` (with the same command line, torch-free) only compares the settings
+the finished run in ``--output-dir`` recorded with this command's, and exits 0 (same),
+1 (naming the keys that differ) or 2 (a config error): the sweeps ask it before skipping
+a finished run (docs/reliability.md#sweeps-and-changed-settings).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import os.path as osp
 import signal
 import sys
 import contextlib
+import json
 import threading
 import traceback
 from typing import Optional, Sequence
@@ -47,8 +53,9 @@ except ImportError as err:  # pragma: no cover - exercised by hand
 # --help-config answers before torch, Dassl's engine and the trainers are imported.
 from dassl.config import get_cfg_default  # noqa: E402
 
-from config import ConfigError, check_values, extend_cfg  # noqa: E402
+from config import ConfigError, check_values, extend_cfg, resolve_cfg  # noqa: E402
 from config.merge import load_yaml, merge_file, merge_list  # noqa: E402
+from config.run_settings import config_differences, describe_differences, effective_config  # noqa: E402
 
 
 def help_config() -> str:
@@ -58,66 +65,6 @@ def help_config() -> str:
     cfg = get_cfg_default()
     extend_cfg(cfg)
     return cfg.dump()
-
-
-if __name__ == "__main__" and "--help-config" in sys.argv[1:]:  # main() would answer the same, later
-    print(help_config())
-    sys.exit(0)
-
-import torch  # noqa: E402
-from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: E402
-from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
-
-import datasets  # noqa: E402,F401  (registers the datasets)
-import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
-from datasets.errors import DatasetError  # noqa: E402
-from trainers import checkpoint as ckpt_io  # noqa: E402
-from trainers.atomic import atomic_write  # noqa: E402
-from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
-from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
-from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, SIGINT or SIGUSR1 (Ctrl-C, scancel, a scheduler's warning before its time limit).
-
-    A KeyboardInterrupt, so that DataLoader workers (which inherit the handler)
-    end quietly as they do on Ctrl-C; train.py turns it into one line and the
-    exit code 128 + signum.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
-        self.signum = signum
-        self.code = 128 + signum
-        self.where = ": run the same command again to resume"  # main() names the epoch
-
-    def __str__(self) -> str:
-        return f"{self.args[0]}{self.where}"
-
-
-def _raise_stopped(signum: int, frame) -> None:
-    raise Stopped(signum)
-
-
-class StorageError(RuntimeError):
-    """A file could not be written or read for a reason of the file system: the message names it."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = code
-
-
-# Errors whose message says what to fix: printed as `error: ...`, without a traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError)
-STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
-                  errno.EDQUOT: "the disk quota is exceeded: free space there",
-                  errno.EROFS: "the file system is read-only: choose a writable folder",
-                  errno.EACCES: "permission denied: make it writable or choose another folder",
-                  errno.EPERM: "permission denied: make it writable or choose another folder",
-                  errno.ENOTDIR: "a part of the path is a file, not a folder: give a folder",
-                  errno.EEXIST: "a file is in the way of a folder: give a folder",
-                  errno.EISDIR: "a folder is where a file should be"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +144,109 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
     return osp.join(folder, f"eval_{tag}")
 
 
+CHECK_FINISHED = "--check-finished"
+
+
+def check_finished(argv: Sequence[str]) -> int:
+    """``--check-finished``: whether the finished run in ``--output-dir`` was recorded with the
+    settings this command line gives (the sweeps ask before skipping a run folder that holds
+    ``done``: their folder names carry the KEY VALUE options, not a config file's contents).
+
+    Torch-free (the recorded config is read from results.json). Returns 0 when the settings
+    are the same or nothing was recorded to compare, 1 (printing the keys that differ) when
+    they differ, 2 on a config error.
+    """
+    args = build_parser().parse_args([a for a in argv if a != CHECK_FINISHED])
+    args.eval_only = False  # where an evaluation writes is a run-only key: build it as a run
+    try:
+        current = effective_config(resolve_cfg(setup_cfg(args)))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = osp.join(args.output_dir, "results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f).get("effective_config")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):  # an older version's run, or no final evaluation
+        print(f"note: {path} records no settings to compare with; {args.output_dir} is kept as "
+              "finished", file=sys.stderr)
+        return 0
+    diffs = config_differences(recorded, current)
+    if not diffs:
+        return 0
+    print(f"error: {args.output_dir} finished with other settings (recorded in {path}) than this "
+          f"command gives; it is neither skipped nor run again. Keys that differ:\n"
+          f"{describe_differences(diffs)}\nFolder names carry only the sweep's KEY VALUE options: "
+          "pass the changed keys as KEY VALUE options (they name new folders), restore the recorded "
+          f"values, or move {args.output_dir} away to redo it (docs/reliability.md#sweeps-and-changed-settings).",
+          file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__" and "--help-config" in sys.argv[1:]:  # main() would answer the same, later
+    print(help_config())
+    sys.exit(0)
+if __name__ == "__main__" and CHECK_FINISHED in sys.argv[1:]:  # main() would answer the same, later
+    sys.exit(check_finished(sys.argv[1:]))
+
+import torch  # noqa: E402
+from dassl.engine import TRAINER_REGISTRY, build_trainer  # noqa: E402
+from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
+
+import datasets  # noqa: E402,F401  (registers the datasets)
+import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
+from datasets.errors import DatasetError  # noqa: E402
+from trainers import checkpoint as ckpt_io  # noqa: E402
+from trainers.atomic import atomic_write  # noqa: E402
+from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
+from trainers.logs import append_to_log, open_run_log, restore_stdout, setup_logging  # noqa: E402
+from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, SIGINT or SIGUSR1 (Ctrl-C, scancel, a scheduler's warning before its time limit).
+
+    A KeyboardInterrupt, so that DataLoader workers (which inherit the handler)
+    end quietly as they do on Ctrl-C; train.py turns it into one line and the
+    exit code 128 + signum.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum
+        self.code = 128 + signum
+        self.where = ": run the same command again to resume"  # main() names the epoch
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}{self.where}"
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+class StorageError(RuntimeError):
+    """A file could not be written or read for a reason of the file system: the message names it."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+# Errors whose message says what to fix: printed as `error: ...`, without a traceback.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunBusy, StorageError)
+STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full: free space there",
+                  errno.EDQUOT: "the disk quota is exceeded: free space there",
+                  errno.EROFS: "the file system is read-only: choose a writable folder",
+                  errno.EACCES: "permission denied: make it writable or choose another folder",
+                  errno.EPERM: "permission denied: make it writable or choose another folder",
+                  errno.ENOTDIR: "a part of the path is a file, not a folder: give a folder",
+                  errno.EEXIST: "a file is in the way of a folder: give a folder",
+                  errno.EISDIR: "a folder is where a file should be"}
+
+
 def check_trainer(name: str) -> None:
     valid = sorted(TRAINER_REGISTRY.registered_names())
     if name not in valid:
@@ -218,6 +268,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help-config" in argv:  # every valid key with its default
         print(help_config())
+        return
+    if CHECK_FINISHED in argv:  # a trainer module's own entry (python -m examples.my_trainer)
+        code = check_finished(argv)
+        if code:
+            sys.exit(code)
         return
     args = build_parser().parse_args(argv)
     try:

@@ -24,7 +24,7 @@ from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
 from torch import nn
 
-from config import ConfigError
+from config import ConfigError, resolve_cfg
 from config.run_settings import effective_config
 from datasets.task_info import TaskInfo, task_info_of
 from trainers import checkpoint as ckpt_io
@@ -131,8 +131,9 @@ class MultiTaskPromptTrainer(TrainerX):
     @classmethod
     def resolved_cfg(cls, cfg):
         """The config this trainer runs with (SoftCPT fills its variant's keys): what checkpoints
-        and results.json record, and what a rerun is compared with."""
-        return cfg
+        and results.json record, and what a rerun is compared with: ``config.resolve_cfg``, whose
+        resolvers are torch-free so that a sweep compares a finished run's settings cheaply."""
+        return resolve_cfg(cfg)
 
     @property
     def tcfg(self):
