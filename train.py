@@ -22,6 +22,11 @@ settings, and ends cleanly on SIGTERM, SIGINT (Ctrl-C) and SIGUSR1: the last
 complete epoch stays resumable, log.txt says where it stopped, and the exit code
 is 128 + the signal's number (docs/reliability.md#guarantees). Storage faults (full disk,
 read-only folder, a path that is a file) end in one line naming the path.
+
+``--check-finished`` (with the same command line, torch-free) only compares the settings
+the finished run in ``--output-dir`` recorded with this command's, and exits 0 (same),
+1 (naming the keys that differ) or 2 (a config error): the sweeps ask it before skipping
+a finished run (docs/reliability.md#sweeps-and-changed-settings).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import os.path as osp
 import signal
 import sys
 import contextlib
+import json
 import threading
 import traceback
 from typing import Optional, Sequence
@@ -52,9 +58,10 @@ except ImportError as err:  # pragma: no cover - exercised by hand
 from dassl.config import get_cfg_default  # noqa: E402
 
 from atomic_files import append_to_log  # noqa: E402
-from config import ConfigError, check_path, check_values, extend_cfg  # noqa: E402
+from config import ConfigError, check_path, check_values, extend_cfg, resolve_cfg  # noqa: E402
 from config.official import translate_trainer  # noqa: E402
 from config.merge import load_yaml, merge_file, merge_list  # noqa: E402
+from config.run_settings import config_differences, describe_differences, effective_config  # noqa: E402
 
 
 def help_config() -> str:
@@ -158,10 +165,65 @@ def record_config_error(args: argparse.Namespace, err: ConfigError) -> None:
             pass
 
 
+def import_modules(names: Sequence[str]) -> None:
+    """``--import``: modules that register trainers (and config hooks) before the config is built."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"--import {name}: cannot import it ({type(err).__name__}: {err}); give a "
+                              "module path importable from this folder, e.g. my_pkg.my_trainer for "
+                              "my_pkg/my_trainer.py (docs/add_a_trainer.md#other-dassl-trainers).") from None
+
+
+CHECK_FINISHED = "--check-finished"
+
+
+def check_finished_settings(argv: Sequence[str]) -> int:
+    """``--check-finished``: whether the finished run in ``--output-dir`` was recorded with the
+    settings this command line gives (the sweeps ask before skipping a run folder that holds
+    ``done``: their folder names carry the KEY VALUE options, not a config file's contents).
+
+    Torch-free (the recorded config is read from results.json). Returns 0 when the settings
+    are the same or nothing was recorded to compare, 1 (printing the keys that differ) when
+    they differ, 2 on a config error.
+    """
+    args = build_parser().parse_args([a for a in argv if a != CHECK_FINISHED])
+    args.eval_only = False  # where an evaluation writes is a run-only key: build it as a run
+    try:
+        import_modules(args.imports)  # an out-of-tree trainer's keys (it imports torch)
+        current = effective_config(resolve_cfg(read_cfg(args)))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = osp.join(args.output_dir, "results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f).get("effective_config")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):  # an older version's run, or no final evaluation
+        print(f"note: {path} records no settings to compare with; {args.output_dir} is kept as "
+              "finished", file=sys.stderr)
+        return 0
+    diffs = config_differences(recorded, current)
+    if not diffs:
+        return 0
+    print(f"error: {args.output_dir} finished with other settings (recorded in {path}) than this "
+          f"command gives; it is neither skipped nor run again. Keys that differ:\n"
+          f"{describe_differences(diffs)}\nFolder names carry only the sweep's KEY VALUE options: "
+          "pass the changed keys as KEY VALUE options (they name new folders), restore the recorded "
+          f"values, or move {args.output_dir} away to redo it (docs/reliability.md#sweeps-and-changed-settings).",
+          file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":  # main() would answer the same, after importing torch (seconds)
     if "--help-config" in sys.argv[1:]:
         print(help_config())
         sys.exit(0)
+    if CHECK_FINISHED in sys.argv[1:]:  # a sweep asks before skipping a finished run
+        sys.exit(check_finished_settings(sys.argv[1:]))
     _args = build_parser().parse_args(sys.argv[1:])
     try:
         if not _args.imports:  # a trainer to import may add keys: checked once it is, in main()
@@ -276,15 +338,6 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
     return osp.join(folder, f"eval_{tag}")
 
 
-def import_modules(names: Sequence[str]) -> None:
-    """``--import``: modules that register trainers (and config hooks) before the config is built."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise ConfigError(f"--import {name}: cannot import it ({type(err).__name__}: {err}); give a "
-                              "module path importable from this folder, e.g. my_pkg.my_trainer for "
-                              "my_pkg/my_trainer.py (docs/add_a_trainer.md#other-dassl-trainers).") from None
 
 
 def check_trainer(name: str) -> None:
@@ -332,6 +385,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help-config" in argv:  # every valid key with its default
         print(help_config())
+        return
+    if CHECK_FINISHED in argv:  # a trainer module's own entry (python -m examples.my_trainer)
+        code = check_finished_settings(argv)
+        if code:
+            sys.exit(code)
         return
     args = build_parser().parse_args(argv)
     try:

@@ -76,6 +76,27 @@ def register_config_check(check: Callable[[CN], None]) -> Callable[[CN], None]:
     return check
 
 
+# Per trainer name, the function giving the config a run of that trainer records (SoftCPT
+# fills its variant's keys): train.py and a sweep's check of a finished run
+# (``train.py --check-finished``) both compare recorded settings with its result.
+_RESOLVERS: dict[str, Callable[[CN], CN]] = {}
+
+
+def register_resolver(trainer: str) -> Callable[[Callable[[CN], CN]], Callable[[CN], CN]]:
+    """Decorator: ``resolve_cfg`` applies the function to configs of ``trainer``. Torch-free,
+    so that a sweep compares a finished run's settings without importing the trainer."""
+    def register(fn: Callable[[CN], CN]) -> Callable[[CN], CN]:
+        _RESOLVERS[trainer] = fn
+        return fn
+    return register
+
+
+def resolve_cfg(cfg: CN) -> CN:
+    """The config a run of ``cfg.TRAINER.NAME`` records (``cfg`` itself without a resolver)."""
+    resolver = _RESOLVERS.get(cfg.TRAINER.NAME)
+    return resolver(cfg) if resolver else cfg
+
+
 def register_config_hook(hook: Callable[[CN], None]) -> Callable[[CN], None]:
     """Decorator: ``extend_cfg`` calls ``hook(cfg)``, so a key family (a trainer's node, the
     dataset keys) adds its keys from its own module, without editing this one. Registering

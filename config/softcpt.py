@@ -10,7 +10,8 @@ import logging
 from yacs.config import CfgNode as CN
 
 from config import (ConfigError, POSITIONS, add_prompt_keys, bad_value, check_bool, check_int,
-                    check_prompt_keys, register_config_check, register_config_hook)
+                    check_prompt_keys, register_config_check, register_config_hook,
+                    register_resolver)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def add_softcpt_config(cfg: CN) -> None:
     node.FREEZE_CLS_PROMPT = False
 
 
+@register_resolver("SoftCPT")
 def resolve_variant(cfg: CN) -> CN:
     """A copy of ``cfg`` whose variant keys left None take VARIANT's values.
 

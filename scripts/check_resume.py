@@ -98,12 +98,17 @@ def tree_differences(a, b, where: str = "") -> list[str]:
     return [] if same else [where]
 
 
+# What says how a run got there, not what it computed: the epoch it resumed from, and the
+# measured training time (wall-clock seconds and device) in the checkpoint and results.json.
+HOW_NOT_WHAT = {"resumed_from_epoch", "train_time", "train_seconds", "train_device"}
+
+
 def differences(a: dict, b: dict) -> list[str]:
     """Where two outcomes differ: anywhere in the last checkpoint (parameters, optimizer
     state and param_groups, scheduler state, random states, ...) and in results.json
-    (except ``resumed_from_epoch``, which says how the run got there)."""
-    strip = lambda r: {k: v for k, v in r.items() if k != "resumed_from_epoch"}  # noqa: E731
-    return (tree_differences(a["ckpt"], b["ckpt"], "checkpoint")
+    (except ``HOW_NOT_WHAT``: how the run got there and how long it took)."""
+    strip = lambda r: {k: v for k, v in r.items() if k not in HOW_NOT_WHAT}  # noqa: E731
+    return (tree_differences(strip(a["ckpt"]), strip(b["ckpt"]), "checkpoint")
             + tree_differences(strip(a["report"]), strip(b["report"]), "results.json"))
 
 

@@ -15,7 +15,9 @@
 #
 # Extra KEY VALUE options name the run folder (options_tag): <cfg>_<K>shots_KEY-VALUE...
 #
-# A run folder is skipped only when it holds `done`, which train.py writes last.
+# A run folder is skipped only when it holds `done`, which train.py writes last, and its
+# results.json records the settings this sweep would run it with (train.py --check-finished):
+# a finished run recorded with others (an edited config file) stops the sweep, naming the keys.
 # A folder without it is run again with the same command: the trainer resumes from
 # its newest checkpoint there that loads (docs/reliability.md#run-folders), so an interrupted sweep
 # restarted with the same command loses nothing it finished. A run that fails is
@@ -146,6 +148,9 @@ run_once() {
     local dir=$1
     shift
     if [ -f "$dir/done" ]; then
+        if [ "$LAUNCHER" != report ]; then  # (the table job only reports)
+            _finished_with_these_settings "$dir" "$@"
+        fi
         echo "[sweep] skip   $dir (finished)"
         SWEEP_SKIPPED=$((SWEEP_SKIPPED + 1))
         return 0
@@ -175,6 +180,30 @@ run_once() {
     local rc=$?
     _SWEEP_CHILD=""
     run_ended "$dir" "$rc"
+}
+
+# _finished_with_these_settings DIR TRAIN_ARGS...: return when the finished run in DIR recorded
+# the settings this command would run with (train.py --check-finished: torch-free, well under a
+# second); otherwise stop the sweep, as train.py stops a run into a folder recorded with other
+# settings. Folder names carry only the KEY VALUE options, so an edited config file would
+# otherwise be skipped silently. train.py has printed the keys that differ (old -> new).
+_finished_with_these_settings() {
+    local dir=$1 rc=0
+    shift
+    "$PYTHON" "${TRAIN_ENTRY[@]}" --check-finished --output-dir "$dir" "$@" || rc=$?
+    [ "$rc" -eq 0 ] && return 0
+    if [ -n "$_SWEEP_CHILD" ]; then  # runs in progress stop cleanly and resume next time
+        kill -TERM $_SWEEP_CHILD 2>/dev/null
+        wait $_SWEEP_CHILD 2>/dev/null
+    fi
+    if [ "$rc" -eq 1 ]; then
+        echo "[sweep] stopped at the finished run $dir: its recorded settings differ from this" \
+            "sweep's (above). No further run was started (docs/reliability.md#sweeps-and-changed-settings)." >&2
+    else
+        echo "[sweep] stopped at $dir: checking its recorded settings failed (exit code $rc, the" \
+            "error is above). No further run was started." >&2
+    fi
+    exit 2
 }
 
 # run_ended DIR EXIT_CODE: count the run, and list it as failed unless it wrote DIR/done.

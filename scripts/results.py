@@ -5,10 +5,17 @@
 A run is a folder ``seed<S>`` (or any folder holding ``results.json`` or
 ``log.txt``). Its score is read from ``results.json`` (this project's runs: the
 unrounded mean over tasks of each task's declared metric, and every task's
-score) or, failing that, from the newest ``log.txt*`` that has one: the last
-``* accuracy: X%`` line after ``Finish training`` or ``=> result``, as CoOp's
-``parse_test_res.py`` reads it (so CoOp's own output folders fit in the same
-table; their values are rounded as CoOp printed them).
+score) or, failing that, from the newest ``log.txt*`` that has one: the
+``* accuracy: X%`` line of the last evaluation of the *test* split (``Evaluate on
+the *test* set``, or older Dassl's ``Do evaluation on test set``, then ``=> result``),
+never a validation result (``TEST.FINAL_MODEL best_val`` prints one every epoch), so
+CoOp's own output folders fit in the same table; their values are rounded as CoOp
+printed them, and the table marks cells holding such runs ``(N read from log.txt)``.
+
+Besides the shot columns, each row shows ``#params`` (the parameters the optimizer
+updates) and ``train min`` (the mean over its runs of the training epochs' wall time,
+evaluation excluded), as results.json records them with the device; blank for runs
+that record none (older runs, runs read from a log, methods without epochs).
 
 Folder layouts understood (CoOp's conventions):
 
@@ -43,7 +50,10 @@ only; the tables are made in scripts/results_tables.py.
 ``--paper`` also prints (and writes ``paper.md``) the published numbers of
 ``docs/paper_results.csv`` beside ours, with the difference, marking each row's
 training: ``reproduce`` for runs whose results.json records ``param_dtype`` fp16
-(the official code's training, docs/method.md), ``default`` otherwise.
+(the official code's training, docs/method.md), ``default`` otherwise, and the
+published ``#params`` and training minutes beside ours. Our ``avg`` is the mean over
+1, 2, 4, 8 and 16 shots, as the paper's, only when every one of them is complete;
+otherwise it says ``incomplete: shots ...`` naming the missing ones.
 """
 from __future__ import annotations
 
@@ -85,11 +95,18 @@ TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:)]+)(?::[^\t]*)?\).*(?:\tmetr
                        r"(?P<score>[\.\deE+-]+)%")
 ARGUMENT = re.compile(r"^(trainer|config_file|seed): (.*)$")
 NUM_SHOTS = re.compile(r"^\s*NUM_SHOTS: (-?\d+)$")
-END_SIGNALS = ("Finish training", "Finished training", "=> result")  # upstream Dassl, the official code
+# The line that opens an evaluation and names its split: Dassl 0.6's "Evaluate on the *test*
+# set" (this project's test loop prints the same, trainers/evaluation.py), older Dassl's (CoOp's
+# logs) "Do evaluation on test set". Only a test split's "=> result" is a run's result: the
+# validation of TEST.FINAL_MODEL best_val prints one after every epoch.
+EVALUATE = re.compile(r"^(?:Evaluate on the \*(?P<split>\w+)\* set|Do evaluation on (?P<old>\w+) set)")
+RESULT = "=> result"
 RESULT_FILES = ("results.json", "log.txt")
-# Trainer folder names recognised in runs that recorded no trainer (besides those the tree records).
+# Trainer folder names recognised in runs that recorded no trainer (besides those the tree
+# records): the only list of trainers here; a run with results.json names its own.
 BUILTIN_TRAINERS = ("SoftCPT", "CoOp", "CoCoOp", "ZeroshotCLIP", "LinearProbeCLIP",
-                    "MTCoOp", "MTCoOpHard")  # the last two: the official SoftCPT code's
+                    "ProtoNet", "KgCoOp", "ProGrad", "PLOT",
+                    "MTCoOp", "MTCoOpHard")  # the last two: the official SoftCPT code's (config/official.py)
 
 
 @dataclass
@@ -109,6 +126,12 @@ class Run:
     # (param_dtype, steps_per_batch) as results.json records them (fp32 before they were
     # recorded); ("log", None) for a score read from a log (--paper's training column)
     setting: tuple = ("fp32", None)
+    # What results.json records of the run's cost (None: not recorded, e.g. an older run, or a
+    # method without an optimizer or epochs): the parameters the optimizer updates, the training
+    # epochs' wall time in seconds (evaluation excluded) and the device it was measured on.
+    params: Optional[int] = None
+    train_seconds: Optional[float] = None
+    device: Optional[str] = None
 
 
 class BadResult(ValueError):
@@ -154,8 +177,18 @@ def read_results_json(path: str) -> tuple[Optional[float], dict, dict]:
     tasks = {str(t["key"]): t["score"] for t in entries}
     meta = {"trainer": report.get("trainer"), "config": report.get("config"),
             "shots": report.get("shots"), "seed": report.get("seed"),
-            "setting": (str(report.get("param_dtype") or "fp32"), report.get("steps_per_batch"))}
+            "setting": (str(report.get("param_dtype") or "fp32"), report.get("steps_per_batch")),
+            **run_costs(report)}
     return score, tasks, meta
+
+
+def run_costs(report: dict) -> dict:
+    """params, train_seconds and device as results.json records them (trainers/evaluation.py,
+    ``run_costs``); None for each one it does not record or records as something unusable."""
+    params, seconds, device = (report.get(k) for k in ("learnable_params", "train_seconds", "train_device"))
+    return {"params": params if _is_number(params) and int(params) == params and params >= 0 else None,
+            "train_seconds": float(seconds) if _is_number(seconds) and seconds >= 0 else None,
+            "device": device if isinstance(device, str) and device else None}
 
 
 def _is_number(value) -> bool:
@@ -163,9 +196,10 @@ def _is_number(value) -> bool:
 
 
 def read_log(path: str) -> tuple[Optional[float], dict, dict]:
-    """Score, per-task scores and run facts from a Dassl ``log.txt``."""
+    """Score, per-task scores and run facts from a Dassl ``log.txt``: the result of the last
+    evaluation of the test split (``EVALUATE``), never a validation result."""
     meta: dict = {"setting": ("log", None)}
-    score, tasks, ended, pending, overall = None, {}, False, {}, None
+    score, tasks, split, in_result, pending, overall = None, {}, None, False, {}, False
     with open(path, errors="replace") as f:
         for line in f:
             line = line.rstrip("\n")
@@ -175,17 +209,19 @@ def read_log(path: str) -> tuple[Optional[float], dict, dict]:
             shots = NUM_SHOTS.match(line)
             if shots and "shots" not in meta:
                 meta["shots"] = int(shots.group(1))
-            if any(s in line for s in END_SIGNALS):
-                ended, pending, overall = True, {}, None
+            evaluate = EVALUATE.match(line)
+            if evaluate:
+                split, in_result = evaluate.group("split") or evaluate.group("old"), False
+            if RESULT in line:
+                in_result, pending, overall = split == "test", {}, False
             task = TASK_LINE.search(line)
-            if ended and task:
+            if in_result and task:
                 pending[task.group("key").strip()] = float(task.group("score"))
             metric = OVERALL_METRIC.search(line)
-            if ended and metric:
-                overall = score = float(metric.group(1))
-                tasks = pending
+            if in_result and metric:  # the mean of the task metrics, where the log prints it
+                score, tasks, overall = float(metric.group(1)), pending, True
             acc = ACCURACY.search(line)
-            if ended and acc and overall is None:  # the last result printed is the one that counts
+            if in_result and acc and not overall:  # the last test result printed is the one that counts
                 score, tasks = float(acc.group(1)), pending
     if meta.get("config_file"):
         meta["config"] = os.path.splitext(os.path.basename(meta["config_file"]))[0]
@@ -307,7 +343,8 @@ def collect(roots: Iterable[str]) -> list[Run]:
             bench, method, config, shots, seed = "(unplaced)", "unknown", "", 0, None
             score, reason = None, reason or f"cannot tell its benchmark and method from the path ({err})"
         runs.append(Run(run_dir, bench, method, config, shots, seed, score, tasks, source, reason,
-                        meta.get("setting", ("fp32", None))))
+                        meta.get("setting", ("fp32", None)), meta.get("params"),
+                        meta.get("train_seconds"), meta.get("device")))
     return runs
 
 

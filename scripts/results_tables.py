@@ -44,22 +44,26 @@ class Summary:
     """cells: one row per cell (index ``KEYS``): mean, std, n, owed, complete, seeds, missing, in
     the order the runs were found. tasks: one row per cell and task (index ``KEYS`` + task, a
     cell's tasks in the order its runs report them): mean, std, n, owed. task_order: each
-    benchmark's tasks in the order its per-task table lists them."""
+    benchmark's tasks in the order its per-task table lists them. costs: one row per table row
+    (index ``ROW``, ``row_costs``): params, train_min, devices."""
 
     cells: pd.DataFrame
     tasks: pd.DataFrame
     task_order: dict
+    costs: Optional[pd.DataFrame] = None
 
 
 def runs_frame(runs: list, places: Optional[list[dict]] = None) -> pd.DataFrame:
     """One row per run, in order: benchmark, method, config, shots, seed (text), score,
-    has_score, run (its index), then the columns of its ``places`` entry (they win)."""
+    has_score, run (its index), from_log (its score was read from a log.txt), then the
+    columns of its ``places`` entry (they win)."""
     places = places or [{}] * len(runs)
     return pd.DataFrame([{"benchmark": r.benchmark, "method": r.method, "config": r.config,
                           "shots": r.shots, "seed": str(r.seed), "score": r.score,
-                          "has_score": r.score is not None, "run": i, **place}
+                          "has_score": r.score is not None, "run": i,
+                          "from_log": r.source.startswith("log.txt"), **place}
                          for i, (r, place) in enumerate(zip(runs, places))],
-                        columns=list(dict.fromkeys(KEYS + ["seed", "score", "has_score", "run"]
+                        columns=list(dict.fromkeys(KEYS + ["seed", "score", "has_score", "run", "from_log"]
                                                    + list(places[0] if places else []))))
 
 
@@ -75,17 +79,20 @@ def owed_seeds(runs: pd.DataFrame, keys: list[str], grid: str, grid_across: list
 
 
 def cell_stats(runs: pd.DataFrame, owed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Every owed cell: mean, std, n, owed, complete, seeds, missing (a seed run twice: its
-    last score counts, in the place of its first)."""
-    scored = runs[runs.has_score.astype(bool)].groupby(keys + ["seed"], sort=False)["score"].last()
-    scored = scored.reset_index()
+    """Every owed cell: mean, std, n, owed, complete, seeds, missing, from_log (how many of its
+    scores were read from a log.txt) (a seed run twice: its last score counts, in the place of
+    its first)."""
+    scored = runs[runs.has_score.astype(bool)].groupby(keys + ["seed"], sort=False)[["score", "from_log"]]
+    scored = scored.last().reset_index()
     stats = scored.groupby(keys, sort=False).agg(mean=("score", mean), std=("score", pstd),
-                                                 n=("score", "size"), seeds=("seed", _seed_list))
+                                                 n=("score", "size"), seeds=("seed", _seed_list),
+                                                 from_log=("from_log", "sum"))
     owed = owed.merge(scored[keys + ["seed"]], how="left", indicator=True)
     missing = owed[owed["_merge"] == "left_only"].groupby(keys, sort=False)["seed"].agg(_seed_list)
     cells = owed.groupby(keys, sort=False).size().rename("owed").to_frame().join(stats)
     cells = cells.join(missing.rename("missing"))
     cells["n"] = cells["n"].fillna(0).astype(int)
+    cells["from_log"] = cells["from_log"].fillna(0).astype(int)
     cells[["seeds", "missing"]] = cells[["seeds", "missing"]].fillna("")
     cells["complete"] = (cells.n > 0) & (cells.n == cells.owed)
     return cells
@@ -104,7 +111,31 @@ def summarize(runs: list) -> Summary:
     task_cells = by_seed.groupby(KEYS + ["task"], sort=False).agg([("mean", mean), ("std", pstd),
                                                                    ("n", "size")])
     task_cells = task_cells.join(cells["owed"], on=KEYS)
-    return Summary(cells, task_cells, _task_order(frame, tasks))
+    return Summary(cells, task_cells, _task_order(frame, tasks), row_costs(runs))
+
+
+def row_costs(runs: list) -> pd.DataFrame:
+    """Per table row (index ``ROW``) of the runs with a score: ``params``, the parameter counts
+    they record as text (``81,920``; two counts joined by `` / ``; "" for none), ``train_min``,
+    the mean of their recorded training times in minutes (NaN for none), and ``devices``, the
+    devices those times were measured on (", "-joined, "" for none)."""
+    frame = pd.DataFrame([{"benchmark": r.benchmark, "method": r.method, "config": r.config,
+                           "params": r.params,
+                           "minutes": r.train_seconds / 60 if r.train_seconds is not None else np.nan,
+                           "device": (r.device or "unknown device") if r.train_seconds is not None else None}
+                          for r in runs if r.score is not None],
+                         columns=ROW + ["params", "minutes", "device"])
+
+    def counts(values: pd.Series) -> str:
+        return " / ".join(f"{int(v):,}" for v in sorted(set(values.dropna())))
+
+    def minutes(values: pd.Series) -> float:
+        return mean(values.dropna()) if values.notna().any() else float("nan")
+
+    def devices(values: pd.Series) -> str:
+        return ", ".join(sorted(set(values.dropna())))
+    return frame.groupby(ROW, sort=False).agg(params=("params", counts), train_min=("minutes", minutes),
+                                              devices=("device", devices))
 
 
 def _task_order(frame: pd.DataFrame, tasks: pd.DataFrame) -> dict:
@@ -130,12 +161,16 @@ def row_average(cells: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- Markdown
 def cell_text(cell: pd.Series) -> str:
-    """``m ± s``, ``m ± s (n/N seeds)`` or ``missing``."""
+    """``m ± s``, ``m ± s (n/N seeds)``, ``m ± s (k read from log.txt)`` (both: ``(n/N seeds,
+    k read from log.txt)``) or ``missing``."""
     n, owed = int(cell.n), int(cell.owed)  # a row of numbers only comes as floats
     if not n:
         return "missing"
+    notes = [f"{n}/{owed} seeds"] if n < owed else []
+    if cell.get("from_log", 0):
+        notes.append(f"{int(cell.from_log)} read from log.txt")
     text = f"{cell['mean']:.2f} ± {cell['std']:.2f}"
-    return text + f" ({n}/{owed} seeds)" if n < owed else text
+    return text + f" ({', '.join(notes)})" if notes else text
 
 
 def shots_label(k: int) -> str:
@@ -152,14 +187,26 @@ def md_table(table: pd.DataFrame) -> list[str]:
     return [md_row(head), md_row(["---"] * len(head))] + [md_row(r) for r in table.itertuples(index=False)]
 
 
-def bench_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """method x shots of one benchmark's cells, with the average over shots."""
+def bench_table(cells: pd.DataFrame, costs: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """method x shots of one benchmark's cells, with the average over shots, then ``#params``
+    and ``train min`` from ``costs`` (``row_costs``; blank without)."""
     wide = unstack(cells.apply(cell_text, axis=1), "shots").fillna("")
     wide.columns = [shots_label(k) for k in wide.columns]
     avg = row_average(cells)
     wide["avg"] = pd.Series(np.where(avg.complete, avg.value.map("{:.2f}".format), "incomplete"),
                             index=avg.index, dtype=object)
+    mine = costs.reindex(wide.index) if costs is not None else pd.DataFrame(index=wide.index)
+    wide["#params"] = mine.get("params", pd.Series(dtype=object)).reindex(wide.index)
+    wide["train min"] = [minutes_text(row) for row in mine.reindex(columns=["train_min", "devices"]).itertuples()]
     return wide.fillna("").reset_index().drop(columns="benchmark")
+
+
+def minutes_text(row) -> str:
+    """``12.34`` (a row's ``row_costs``), with its devices when they are several; "" without."""
+    if row.train_min != row.train_min:  # NaN: no time recorded
+        return ""
+    devices = row.devices if isinstance(row.devices, str) else ""
+    return f"{row.train_min:.2f}" + (f" ({devices})" if ", " in devices else "")
 
 
 def task_table(cells: pd.DataFrame, tasks: pd.DataFrame, order: list) -> pd.DataFrame:
@@ -182,9 +229,16 @@ def unstack(texts: pd.Series, level) -> pd.DataFrame:
 def markdown(summary: Summary, runs: list) -> str:
     out = []
     cells, tasks = summary.cells, summary.tasks
+    costs = summary.costs
     for bench, group in cells.groupby(level="benchmark"):
-        out.append(f"## {bench}\n\nMean task score (%): mean ± std over seeds.\n")
-        out += md_table(bench_table(group))
+        mine = of_benchmark(costs, bench) if costs is not None else None
+        devices = sorted({d for text in (mine.devices if mine is not None else []) if text
+                          for d in text.split(", ")})
+        where = f", on {', '.join(devices)}" if devices else ""
+        out.append(f"## {bench}\n\nMean task score (%): mean ± std over seeds. `#params`: the parameters "
+                   f"the optimizer updates; `train min`: mean training time of a run in minutes (the "
+                   f"training epochs, no evaluation){where}.\n")
+        out += md_table(bench_table(group, mine))
         order = summary.task_order.get(bench, [])
         if len(order) > 1:
             out.append("\nPer task (each task's declared metric, %):\n")
@@ -239,7 +293,8 @@ def tasks_csv(summary: Summary) -> str:
     return csv_text(tasks[KEYS + ["task", "mean", "std", "n_seeds", "expected_seeds"]])
 
 
-RUN_COLUMNS = ["benchmark", "method", "config", "shots", "seed", "score", "source", "path", "reason"]
+RUN_COLUMNS = ["benchmark", "method", "config", "shots", "seed", "score", "source", "path", "reason",
+               "params", "train_seconds", "device"]
 
 
 def runs_csv(runs: list) -> str:
@@ -292,20 +347,26 @@ def transfer_csv(cells: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- --paper
 # The published numbers (docs/benchmarks.md#published-numbers), one row per benchmark,
-# method, backbone and shot count ("avg": the mean over 1, 2, 4, 8 and 16 shots).
+# method, backbone and shot count ("avg": the mean over 1, 2, 4, 8 and 16 shots), with the
+# method's published #params and training minutes where the paper gives them (else blank).
 PAPER_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                          "paper_results.csv")
+# The shot counts the paper's "avg" is the mean over.
+PAPER_SHOTS = (1, 2, 4, 8, 16)
 # Config name prefixes of each backbone's configs (configs/trainers/*/).
 CONFIG_BACKBONES = {"rn50": "RN50", "vit_b16": "ViT-B/16"}
 
 
 def read_paper(path: str = PAPER_CSV) -> list[dict]:
-    """The published numbers: dicts with benchmark, method, paper_name, backbone, shots, score."""
+    """The published numbers: dicts with benchmark, method, paper_name, backbone, shots, score,
+    params (int or None) and train_min (float or None)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         row["score"] = float(row["score"])
         row["shots"] = row["shots"] if row["shots"] == "avg" else int(row["shots"])
+        row["params"] = int(row["params"]) if row.get("params") else None
+        row["train_min"] = float(row["train_min"]) if row.get("train_min") else None
     return rows
 
 
@@ -342,13 +403,22 @@ def setting_label(settings: set) -> str:
 
 def our_value(row: pd.DataFrame, shots) -> tuple[Optional[float], str]:
     """Our mean for a published shot count, from one table row's cells (index shots): ``avg`` is
-    the mean over the few-shot columns (every one complete), or the zero-shot score for a
+    the mean over the paper's shot counts (``PAPER_SHOTS``), every one complete, else
+    ``incomplete: shots 4 (2/3 seeds), 8, 16`` naming the rest; or the zero-shot score for a
     method without shots."""
     if shots == "avg":
         few = row[row.index > 0]
         if few.empty:
             return (row.loc[0, "mean"], "") if 0 in row.index and row.loc[0, "n"] else (None, "no run")
-        return (mean(few["mean"]), "") if few.complete.all() else (None, "incomplete")
+        gaps = []
+        for k in PAPER_SHOTS:
+            if k not in few.index or not few.loc[k, "n"]:
+                gaps.append(str(k))
+            elif not few.loc[k, "complete"]:
+                gaps.append(f"{k} ({int(few.loc[k, 'n'])}/{int(few.loc[k, 'owed'])} seeds)")
+        if gaps:
+            return None, "incomplete: shots " + ", ".join(gaps)
+        return mean(few.loc[list(PAPER_SHOTS), "mean"]), ""
     if shots not in row.index or not row.loc[shots, "n"]:
         return None, "no run"
     return row.loc[shots, "mean"], "" if row.loc[shots, "complete"] else "incomplete seeds"
@@ -359,6 +429,7 @@ def paper_comparison(summary: Summary, runs: list, paper: Optional[list[dict]] =
     difference (ours - paper), one row per our config of the published backbone."""
     paper = read_paper() if paper is None else paper
     settings = training_settings(runs)
+    costs = summary.costs if summary.costs is not None else row_costs([])
     published = sorted({p["benchmark"] for p in paper})
     out = []
     for bench, cells in summary.cells.groupby(level="benchmark"):
@@ -373,7 +444,7 @@ def paper_comparison(summary: Summary, runs: list, paper: Optional[list[dict]] =
                    "Mean task score (%), paper (docs/paper_results.csv) and ours (mean over seeds); "
                    "`avg`: mean over 1, 2, 4, 8 and 16 shots.\n")
         head = ["method (paper)", "backbone", "shots", "paper", "ours: method", "config", "ours",
-                "ours - paper", "training"]
+                "ours - paper", "training", "#params: paper / ours", "train min: paper / ours"]
         out += [md_row(head), md_row(["---"] * len(head))]
         cells = cells.droplevel("benchmark")
         ours_rows = sorted(set(cells.index.droplevel("shots")))
@@ -381,18 +452,34 @@ def paper_comparison(summary: Summary, runs: list, paper: Optional[list[dict]] =
             ours = [(m, c) for m, c in ours_rows if m == p["method"] and config_backbone(c) == p["backbone"]]
             if not ours:
                 out.append(md_row([p["paper_name"], p["backbone"], p["shots"], f"{p['score']:.2f}",
-                                   p["method"], "", "no run", "", ""]))
+                                   p["method"], "", "no run", "", "", cost_pair(p, None, "params"),
+                                   cost_pair(p, None, "train_min")]))
             for method, config in ours:
                 mine = (cells.index.get_level_values("method") == method) & \
                     (cells.index.get_level_values("config") == config)  # in the order found, for the mean
                 value, why = our_value(cells[mine].droplevel(["method", "config"]), p["shots"])
                 diff = f"{value - p['score']:+.2f}" if value is not None else ""
                 setting = settings.get((bench, method, config))
+                mine = costs.loc[(bench, method, config)] if (bench, method, config) in costs.index else None
                 out.append(md_row([p["paper_name"], p["backbone"], p["shots"], f"{p['score']:.2f}",
                                    method, config, f"{value:.2f}" if value is not None else why,
-                                   diff, setting_label(setting) if setting else ""]))
+                                   diff, setting_label(setting) if setting else "",
+                                   cost_pair(p, mine, "params"), cost_pair(p, mine, "train_min")]))
         out.append("")
     return "\n".join(out)
+
+
+def cost_pair(published: dict, ours: Optional[pd.Series], what: str) -> str:
+    """``81,920 / 81,920`` (``params``) or ``49.53 / 0.52 (cpu)`` (``train_min``): the paper's
+    value and ours (``row_costs``), each ``–`` where there is none; "" when neither has one."""
+    if what == "params":
+        paper = f"{published['params']:,}" if published.get("params") is not None else "–"
+        mine = ours.params if ours is not None and ours.params else "–"
+    else:
+        paper = f"{published['train_min']:.2f}" if published.get("train_min") is not None else "–"
+        timed = ours is not None and ours.train_min == ours.train_min  # not NaN
+        mine = f"{ours.train_min:.2f} ({ours.devices})" if timed else "–"
+    return "" if paper == mine == "–" else f"{paper} / {mine}"
 
 
 # ----------------------------------------------------------------------------- plot

@@ -5,7 +5,10 @@ main.sh scripts, a small task transfer and base-to-new run, README.md#the-result
 reduced to what scripts/results.py reads: each run's results.json without its
 ``effective_config`` (the config dump, never read), and log.txt for the runs the
 ``gaps`` case reads from their log. expected/<case>/ holds every output of each case
-below, made by scripts/results.py before its tables moved to pandas;
+below, made by scripts/results.py before its tables moved to pandas, then regenerated
+once, for three deliberate changes only: the #params and train min columns (table.md,
+runs.csv, paper columns), cells read from a log marked "(N read from log.txt)", and
+--paper's avg given only over complete 1-16 shot sets ("incomplete: shots ...");
 tests/test_results_golden.py compares today's outputs with them byte for byte.
 
     python tests/results_golden.py store OUTPUT_DIR   # copy a sweep's output/ into the tree

@@ -5,6 +5,8 @@ It passes the sweep's pre-flight check at once (tests/test_setup.py tests the re
 without nvidia-smi), and hands anything but ``train.py`` to the real interpreter: the table
 (scripts/results.py) without curves.png, whose matplotlib import took most of each sweep's
 seconds (the real-run sweep in tests/test_scripts.py and tests/test_results.py draw it). For
+``train.py --check-finished`` (the sweep's question before it skips a finished run) it answers
+"same settings" at once (tests/test_sweep_settings.py runs the real one); for other calls of
 ``train.py`` it does what a run does, as told by the environment:
 
 - $CALLS (when set): a line per run, its arguments as given;
@@ -29,6 +31,7 @@ if [ "$1" = -c ]; then
 fi
 if [ "$1" = scripts/results.py ]; then exec {python} "$@" --no-plot; fi
 if [ "$1" != train.py ]; then exec {python} "$@"; fi
+if [ "$2" = --check-finished ]; then exit 0; fi  # a finished run's settings: taken as the same
 if [ -n "${{CALLS:-}}" ]; then echo "$*" >> "$CALLS"; fi
 while [ $# -gt 0 ]; do
     case "$1" in --output-dir) out=$2 ;; --seed) seed=$2 ;; --trainer) trainer=$2 ;;

@@ -242,17 +242,21 @@ def run_train(toy_root, out, trainer, cfg, *opts, flags=()):
         return json.load(f)
 
 
+# The toy benchmark: 3 tasks, 4 + 4 + 3 = 11 classes; the tiny CLIP's text width is 64.
+TOY_TASKS, TOY_CLASSES, TINY_WIDTH = 3, 11, 64
+
+
 @pytest.mark.slow  # trains and evaluates through train.main
-@pytest.mark.parametrize("trainer, opts, learned", [
-    ("ZeroshotCLIP", (), False),
-    ("CoOp", ("TRAINER.COOP.N_CTX", "4"), True),
-    ("CoOp", ("TRAINER.COOP.CSC", "True", "TRAINER.COOP.N_CTX", "4"), True),
+@pytest.mark.parametrize("trainer, opts, learned, params", [
+    ("ZeroshotCLIP", (), False, None),  # no optimizer: results.json records no count
+    ("CoOp", ("TRAINER.COOP.N_CTX", "4"), True, TOY_TASKS * 4 * TINY_WIDTH),  # a context per task
+    ("CoOp", ("TRAINER.COOP.CSC", "True", "TRAINER.COOP.N_CTX", "4"), True, TOY_CLASSES * 4 * TINY_WIDTH),
     ("CoOp", ("TRAINER.COOP.SHARING", "all", "TRAINER.COOP.CLASS_TOKEN_POSITION", "front",
-              "TRAINER.COOP.N_CTX", "4"), True),
-    ("CoCoOp", (), True),
-    ("LinearProbeCLIP", (), True),
+              "TRAINER.COOP.N_CTX", "4"), True, 4 * TINY_WIDTH),  # one context for all
+    ("CoCoOp", (), True, "some"),
+    ("LinearProbeCLIP", (), True, None),  # fitted by scikit-learn, not by an optimizer
 ], ids=["zsclip", "coop-ca", "coop-cs", "coop-mt", "cocoop", "linear-probe"])
-def test_baseline_trains_and_evaluates_end_to_end(toy_root, tmp_path, trainer, opts, learned):
+def test_baseline_trains_and_evaluates_end_to_end(toy_root, tmp_path, trainer, opts, learned, params):
     report = run_train(toy_root, tmp_path / "run", trainer, "tiny", *opts)
     assert report["trainer"] == trainer and report["split"] == "test" and report["shots"] == 2
     assert [t["key"] for t in report["tasks"]] == ["shapes", "colours", "stripes"]
@@ -260,7 +264,17 @@ def test_baseline_trains_and_evaluates_end_to_end(toy_root, tmp_path, trainer, o
     assert (tmp_path / "run" / "done").is_file()
     saved = sorted((tmp_path / "run").glob("prompt_learner/model.pth.tar-*"))
     assert bool(saved) == learned
+    # What the optimizer updates, and the epochs' time where there are epochs (results.py's columns).
+    if params == "some":
+        assert isinstance(report["learnable_params"], int) and report["learnable_params"] > 0
+    else:
+        assert report["learnable_params"] == params
+    trained_by_epochs = bool(saved)
+    assert (report["train_seconds"] is not None) == (trained_by_epochs and params is not None)
+    if report["train_seconds"] is not None:
+        assert report["train_seconds"] > 0 and report["train_device"] == "cpu"
     if learned:  # the saved model alone reproduces the score
         again = run_train(toy_root, tmp_path / "eval", trainer, "tiny", *opts,
                           flags=("--eval-only", "--model-dir", str(tmp_path / "run")))
         assert again["score"] == pytest.approx(report["score"])
+        assert again["train_seconds"] is None  # nothing trained in an evaluation

@@ -60,7 +60,7 @@ def test_run_record_holds_the_run_in_the_order_checkpoints_have():
     before = torch.get_rng_state()
     got = record(4, best=float("-inf"), scaler=scaler)
     assert list(got) == ["epoch", "val_result", "task_keys", "classnames", "trainer", "variant",
-                         "backbone", "effective_config", "rng", "scaler", "best_result"]
+                         "backbone", "effective_config", "rng", "scaler", "best_result", "train_time"]
     assert got["epoch"] == 5 and got["task_keys"] == ["a", "b"] and got["scaler"] == {"scale": 8.0}
     assert got["best_result"] == float("-inf") and isinstance(got["best_result"], float)
     assert torch.equal(got["rng"]["torch"], before)

@@ -187,3 +187,37 @@ def test_results_files_are_named_by_split_and_written_as_indented_json(tmp_path)
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_results_name(split):
     assert evaluation.results_name(split) == {"test": "results.json", "val": "results_val.json"}[split]
+
+
+def test_run_costs_count_what_the_optimizers_update_once_each():
+    """#params: the elements of the parameters in the optimizers' groups (a parameter two
+    optimizers or groups hold counts once); frozen parameters outside them do not count."""
+    head = nn.Linear(3, 2)  # 3 * 2 + 2 = 8 elements
+    other = nn.Parameter(torch.zeros(5))
+    frozen = nn.Parameter(torch.zeros(100), requires_grad=False)  # never given to an optimizer
+    first = torch.optim.SGD([{"params": [head.weight]}, {"params": [head.bias, other]}], lr=0.1)
+    second = torch.optim.SGD([head.weight], lr=0.1)  # the weight again
+    assert frozen.numel() == 100
+    costs = evaluation.run_costs([first, None, second], {"seconds": 12.5, "device": "cpu"})
+    assert costs == {"learnable_params": 6 + 2 + 5, "train_seconds": 12.5, "train_device": "cpu"}
+    # No optimizer (zero-shot CLIP): no count; not measured: no time.
+    assert evaluation.run_costs([None], None) == {"learnable_params": None, "train_seconds": None,
+                                                  "train_device": None}
+    report = evaluation.results_report(config_for_costs(), {"score": 1.0}, "test", 0, None, {}, {}, costs)
+    assert list(report)[-3:] == ["learnable_params", "train_seconds", "train_device"]
+
+
+def config_for_costs():
+    return CN({"TRAINER": CN({"NAME": "CoOp"}), "DATASET": CN({"NAME": "Toy", "NUM_SHOTS": 1}),
+               "CONFIG_NAME": "tiny", "MODEL": CN({"BACKBONE": CN({"NAME": "tiny"})}), "SEED": 1})
+
+
+def test_a_resumed_run_goes_on_from_the_recorded_training_time():
+    from trainers.base import resumed_train_time
+    assert resumed_train_time({"seconds": 30.0, "device": "cpu"}, {"seconds": 0.0, "device": "cpu"}) == \
+        {"seconds": 30.0, "device": "cpu"}
+    assert resumed_train_time({"seconds": 30.0, "device": "cpu"}, {"seconds": 0.0, "device": "NVIDIA H100"}) \
+        == {"seconds": 30.0, "device": "cpu + NVIDIA H100"}
+    assert resumed_train_time({"seconds": 30.0, "device": "cpu + NVIDIA H100"},
+                              {"seconds": 0.0, "device": "cpu"})["device"] == "cpu + NVIDIA H100"
+    assert resumed_train_time(None, {"seconds": 0.0, "device": "cpu"}) is None  # an older checkpoint

@@ -49,6 +49,7 @@ def write_log(tmp_path) -> str:
     previous = sys.stdout
     open_run_log(str(tmp_path))
     try:
+        print("Evaluate on the *test* set")  # as the test loop does (trainers/evaluation.py)
         evaluator.process(logits, torch.from_numpy(y_true))
         evaluator.evaluate()
     finally:
@@ -76,6 +77,7 @@ def test_results_py_reads_the_task_scores_from_our_log(tmp_path):
 
 def test_results_py_still_reads_the_older_task_line(tmp_path):
     path = tmp_path / "log.txt"
-    path.write_text("=> result\n* task: 0 (shapes: shape recognition)\ttotal: 1,040\toverall_acc: "
-                    "30.00%\tmean_acc: 28.00%\tscore (mean_acc): 28.00%\n* accuracy: 28.00%\n")
+    path.write_text("Evaluate on the *test* set\n=> result\n"
+                    "* task: 0 (shapes: shape recognition)\ttotal: 1,040\toverall_acc: 30.00%\t"
+                    "mean_acc: 28.00%\tscore (mean_acc): 28.00%\n* accuracy: 28.00%\n")
     assert results.read_log(str(path))[:2] == (28.0, {"shapes": 28.0})

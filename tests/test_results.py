@@ -5,6 +5,7 @@ Needs neither Dassl nor torch: the results command reads files only.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -76,8 +77,8 @@ def test_table_numbers_gaps_and_files(tree, tmp_path, capsys):
     std = np.std([60.123, 62.0, 64.5])  # population std, from unrounded values
     assert f"| SoftCPT/NATA | tiny |  | {np.mean([60.123, 62.0, 64.5]):.2f} ± {std:.2f} | " \
            "70.62 ± 0.38 (2/3 seeds) | incomplete |" in printed
-    assert "| CoOp/nctx16_cscFalse_ctpend | tiny |  | 56.17 ± 1.03 | 58.00 ± 0.00 (1/3 seeds) | " \
-           "incomplete |" in printed
+    assert "| CoOp/nctx16_cscFalse_ctpend | tiny |  | 56.17 ± 1.03 (3 read from log.txt) | " \
+           "58.00 ± 0.00 (1/3 seeds, 1 read from log.txt) | incomplete |" in printed
     assert "| ZeroshotCLIP | tiny | 40.00 ± 0.00 |  |  |  |" in printed  # one seed is complete
     assert "## Runs without a result" in printed
     assert str(tree / "CoOp" / "tiny_2shots" / "nctx16_cscFalse_ctpend" / "seed1") in printed
@@ -96,6 +97,57 @@ def test_table_numbers_gaps_and_files(tree, tmp_path, capsys):
     assert [r["task"] for r in tasks] == ["shapes", "colours"]
     assert (out / "table.md").read_text().startswith("## toy")
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_log_gives_only_its_test_result_never_a_validation_one(tmp_path):
+    """An interrupted TEST.FINAL_MODEL best_val run printed validation results only: no result."""
+    runs = tmp_path / "toy" / "CoOp"
+    write_coop_log(runs / "tiny_1shots" / "seed1", None, val="99.0")  # stopped before its test
+    write_coop_log(runs / "tiny_1shots" / "seed2", "55.5", seed=2, val="99.0")
+    old = runs / "tiny_1shots" / "seed3"  # CoOp's older Dassl: "Do evaluation on <split> set"
+    os.makedirs(old)
+    (old / "log.txt").write_text("seed: 3\nDo evaluation on val set\n=> result\n* accuracy: 98.0%\n"
+                                 "Finish training\nDo evaluation on test set\n=> result\n"
+                                 "* accuracy: 54.5%\n")
+    found = {r.seed: r for r in results.collect([str(tmp_path / "toy")])}
+    assert found[1].score is None and "no result in its log" in found[1].reason
+    assert (found[2].score, found[2].source) == (55.5, "log.txt")
+    assert found[3].score == 54.5
+    text = results.markdown(results.summarize(list(found.values())), [])
+    assert "| CoOp | tiny | 55.00 ± 0.50 (2/3 seeds, 2 read from log.txt) |" in text
+
+
+def test_costs_are_read_per_run_and_old_runs_leave_them_blank(tmp_path):
+    """#params and train min: from results.json (trainers/evaluation.py, run_costs)."""
+    toy = tmp_path / "toy"
+    for seed, seconds, device in ((1, 60.0, "cpu"), (2, 180.0, "cpu")):
+        write_ours(toy / "CoOp" / "CA" / "tiny_1shots" / f"seed{seed}", 50.0, trainer="CoOp", seed=seed)
+        path = toy / "CoOp" / "CA" / "tiny_1shots" / f"seed{seed}" / "results.json"
+        report = json.loads(path.read_text())
+        report.update(learnable_params=3072, train_seconds=seconds, train_device=device)
+        path.write_text(json.dumps(report))
+    for seed, device in ((1, "cpu"), (2, "NVIDIA H100")):
+        write_ours(toy / "SoftCPT" / "NATA" / "tiny_1shots" / f"seed{seed}", 50.0, seed=seed)
+        path = toy / "SoftCPT" / "NATA" / "tiny_1shots" / f"seed{seed}" / "results.json"
+        report = json.loads(path.read_text())
+        report.update(learnable_params=100 * seed, train_seconds=30.0, train_device=device)
+        path.write_text(json.dumps(report))
+    write_ours(toy / "ZeroshotCLIP" / "tiny_0shots" / "seed1", 40.0, trainer="ZeroshotCLIP", shots=0)
+    bad = toy / "CoOp" / "MT" / "tiny_1shots" / "seed1"  # recorded, but not usable: blank, no error
+    write_ours(bad, 45.0, trainer="CoOp")
+    report = json.loads((bad / "results.json").read_text())
+    report.update(learnable_params="many", train_seconds=-1, train_device=7)
+    (bad / "results.json").write_text(json.dumps(report))
+    runs = results.collect([str(toy)])
+    text = results.markdown(results.summarize(runs), runs)
+    assert "| CoOp/CA | tiny |  | 50.00 ± 0.00 | 50.00 | 3,072 | 2.00 |" in text  # (1 + 3 min) / 2
+    assert "| SoftCPT/NATA | tiny |  | 50.00 ± 0.00 | 50.00 | 100 / 200 | 0.50 (NVIDIA H100, cpu) |" in text
+    assert "| ZeroshotCLIP | tiny | 40.00 ± 0.00 |  |  |  |  |" in text
+    assert "| CoOp/MT | tiny |  | 45.00 ± 0.00 (1/2 seeds) | incomplete |  |  |" in text
+    assert "(the training epochs, no evaluation), on NVIDIA H100, cpu." in text
+    rows = {(r["method"], r["seed"]): r for r in csv.DictReader(io.StringIO(results.runs_csv(runs)))}
+    assert (rows["CoOp/CA", "2"]["params"], rows["CoOp/CA", "2"]["train_seconds"]) == ("3072", "180.0")
+    assert rows["CoOp/MT", "1"]["params"] == rows["CoOp/MT", "1"]["device"] == ""
 
 
 def test_complete_rows_get_the_average_over_shots(tmp_path):

@@ -1,5 +1,5 @@
 """scripts/results.py on a stored real toy sweep: every output byte for byte as stored before
-its tables moved to pandas (tests/results_golden.py), tables written whole or not at all,
+its tables moved to pandas, with the three later deliberate changes (tests/results_golden.py), tables written whole or not at all,
 and --paper's training column taken from the runs as read, not from a second reading.
 
 Needs neither Dassl nor torch."""

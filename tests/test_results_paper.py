@@ -17,8 +17,12 @@ from scripts import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOTS = (1, 2, 4, 8, 16)
-# The table in docs/benchmarks.md#published-numbers: column -> method folder in the CSV.
-DOC_COLUMNS = {"SoftCPT NATA": "SoftCPT/NATA", "CoOp-CA": "CoOp/CA", "zero-shot CLIP": "ZeroshotCLIP"}
+# The tables in docs/benchmarks.md#published-numbers: row -> method label in the CSV (the
+# paper's 13 methods), column -> benchmark.
+DOC_METHODS = {"ZS-CLIP": "ZeroshotCLIP", "ProtoNet": "ProtoNet", "LP-CLIP": "LinearProbeCLIP",
+               "CoOp-CA": "CoOp/CA", "CoOp-CS": "CoOp/CS", "CoOp-MT": "CoOp/MT", "CoCoOp": "CoCoOp",
+               "ProGrad": "ProGrad", "KgCoOp": "KgCoOp", "PLOT": "PLOT", "SoftCPT*": "SoftCPT*",
+               "SoftCPT-NATS": "SoftCPT/NATS", "SoftCPT-NATA": "SoftCPT/NATA"}
 DOC_BENCHMARKS = {"General-10": "general10", "Plant-6": "plant6", "RS-8": "rs8", "Fashion-20": "fashion20"}
 
 
@@ -69,13 +73,17 @@ def test_every_published_number_sits_beside_ours_with_the_difference(general10, 
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "s" / "paper.md").read_text() in done.stdout
-    got = {(r[4], r[5]): r for r in rows_of(done.stdout.split("published numbers beside ours")[1])}
+    rows = rows_of(done.stdout.split("published numbers beside ours")[1])
+    got = {(r[4], r[5]): r for r in rows if r[6] != "no run"}
+    assert {r[4] for r in rows if r[6] == "no run"} == set(DOC_METHODS.values()) - {m for m, _ in got}
     nata = sum(scores(60.0, k, s) for k in SHOTS for s in (1, 2, 3)) / 15  # mean of seed means
     coop = sum(scores(55.0, k, s) for k in SHOTS for s in (1, 2, 3)) / 15
+    nats = sum(scores(61.0, k, s) for k in SHOTS for s in (1, 2, 3)) / 15
     want = {("SoftCPT/NATA", "rn50_ep50"): (paper["general10", "SoftCPT/NATA"], nata, "default (fp32"),
             ("CoOp/CA", "rn50_ep50"): (paper["general10", "CoOp/CA"], coop, "reproduce (PARAM_DTYPE fp16"),
+            ("SoftCPT/NATS", "rn50_ep50"): (paper["general10", "SoftCPT/NATS"], nats, "default (fp32"),
             ("ZeroshotCLIP", "rn50_ep50"): (paper["general10", "ZeroshotCLIP"], 57.5, "default (fp32")}
-    assert set(got) == set(want)  # NATS: not published; ViT-B/16: not the published backbone
+    assert set(got) == set(want)  # ViT-B/16: not the published backbone
     for key, (pub, ours, training) in want.items():
         row = got[key]
         assert row[1] == "RN50" and row[2] == "avg" and float(row[3]) == pub, row
@@ -83,6 +91,9 @@ def test_every_published_number_sits_beside_ours_with_the_difference(general10, 
         assert float(row[7]) == pytest.approx(ours - pub, abs=0.011), row
         assert row[8].startswith(training), row
     assert "STEPS_PER_BATCH 1" in got["CoOp/CA", "rn50_ep50"][8]
+    # The published #params and minutes beside ours (these runs record none: "–").
+    assert got["CoOp/CA", "rn50_ep50"][9:] == ["81,920 / –", "49.53 / –"]
+    assert got["ZeroshotCLIP", "rn50_ep50"][9:] == ["", ""]  # none on either side
 
 
 def test_incomplete_rows_and_unpublished_benchmarks_say_so(general10, tmp_path):
@@ -90,7 +101,12 @@ def test_incomplete_rows_and_unpublished_benchmarks_say_so(general10, tmp_path):
     runs = [r for r in runs if not (r.method == "SoftCPT/NATA" and r.shots == 16 and r.seed == 3)]
     text = results.paper_comparison(results.summarize(runs), runs)
     row = next(r for r in rows_of(text) if r[4] == "SoftCPT/NATA")
-    assert row[6] == "incomplete" and row[7] == ""
+    assert row[6] == "incomplete: shots 16 (2/3 seeds)" and row[7] == ""
+    # Only the paper's five shot counts make an average: 16 shots alone is not one.
+    alone = [r for r in runs if r.method == "CoOp/CA" and r.shots == 16]
+    row = next(r for r in rows_of(results.paper_comparison(results.summarize(alone), alone))
+               if r[4] == "CoOp/CA")
+    assert row[6] == "incomplete: shots 1, 2, 4, 8" and row[7] == ""
     toy = tmp_path / "output" / "toy"
     write_run(toy / "SoftCPT" / "NATA" / "tiny_1shots" / "seed1", 50.0, "SoftCPT", "tiny", 1, 1)
     runs = results.collect([str(toy)])
@@ -105,21 +121,32 @@ def test_incomplete_rows_and_unpublished_benchmarks_say_so(general10, tmp_path):
 
 
 def test_docs_table_and_data_file_agree():
-    """docs/benchmarks.md cites docs/paper_results.csv's numbers, and nothing else."""
+    """docs/benchmarks.md cites docs/paper_results.csv's numbers, and nothing else: the scores
+    of the 13 methods on the four benchmarks, then their #params / training minutes."""
     text = open(os.path.join(REPO, "docs", "benchmarks.md"), encoding="utf-8").read()
     section = text.split("## Published numbers", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    doc = {}
-    for line in lines[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        for col, value in zip(header[1:], cells[1:]):
-            if value:
-                doc[DOC_BENCHMARKS[cells[0]], DOC_COLUMNS[col]] = float(value)
-    data = {(r["benchmark"], r["method"]): r["score"] for r in results.read_paper()
-            if r["shots"] == "avg" and r["backbone"] == "RN50"}
-    assert doc == data and len(data) == 9
-    assert all(re.fullmatch(r"\d+\.\d\d", f"{v:.2f}") for v in data.values())
+    tables = [[line for line in block.splitlines() if line.startswith("|")]
+              for block in section.split("\n\n") if block.startswith("|")]
+    assert len(tables) == 2
+    doc: list[dict] = [{}, {}]
+    for table, found in zip(tables, doc):
+        header = [c.strip() for c in table[0].strip("|").split("|")]
+        for line in table[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for col, value in zip(header[1:], cells[1:]):
+                if value:
+                    found[DOC_BENCHMARKS[col], DOC_METHODS[cells[0]]] = value
+    paper = [r for r in results.read_paper() if r["shots"] == "avg" and r["backbone"] == "RN50"]
+    assert {k: float(v) for k, v in doc[0].items()} == {(r["benchmark"], r["method"]): r["score"] for r in paper}
+    assert len(paper) == 13 * 4 and len({r["method"] for r in paper}) == 13
+    costs = {k: tuple(v.split(" / ")) for k, v in doc[1].items()}
+    assert {k: (int(p.replace(",", "")), float(m)) for k, (p, m) in costs.items()} == \
+        {(r["benchmark"], r["method"]): (r["params"], r["train_min"]) for r in paper if r["params"] is not None}
+    assert all(re.fullmatch(r"\d+\.\d\d", f"{r['score']:.2f}") for r in paper)
+    # The four methods of issue 26, on every benchmark, as the paper's table: KgCoOp learns
+    # one 4-token context per task (General-10: 10 tasks x 4 x 512 = 20,480).
+    kg = {r["benchmark"]: r["params"] for r in paper if r["method"] == "KgCoOp"}
+    assert kg == {"general10": 10 * 4 * 512, "plant6": 6 * 4 * 512, "rs8": 8 * 4 * 512, "fashion20": 20 * 4 * 512}
 
 
 def test_a_per_shot_number_is_compared_with_that_shot_count(general10):

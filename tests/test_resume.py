@@ -73,6 +73,12 @@ def test_resume_after_epoch_k_is_bit_identical(toy_root, uninterrupted, tmp_path
     assert_identical(resumed, expected)
     assert resumed["report"]["resumed_from_epoch"] == k
     assert f"Previous epoch: {k}" in (tmp_path / "log.txt").read_text()
+    # The training time goes on from the epochs the checkpoint of epoch k recorded.
+    final = torch.load(tmp_path / "prompt_learner" / f"model.pth.tar-{EPOCHS}", weights_only=True)
+    recorded = torch.load(source / "prompt_learner" / f"model.pth.tar-{k}", weights_only=True)["train_time"]
+    assert recorded["seconds"] > 0 and recorded["device"] == "cpu"
+    assert resumed["report"]["train_seconds"] == final["train_time"]["seconds"] > recorded["seconds"]
+    assert resumed["report"]["train_device"] == "cpu"
 
 
 @pytest.mark.slow  # trains the toy benchmark
@@ -142,6 +148,8 @@ def test_the_comparison_sees_every_part_of_a_checkpoint_on_both_sides():
     """Each change is named where it is; the same state compares equal; nothing raises."""
     assert changed(lambda b: None) == []
     assert changed(lambda b: b["report"].update(resumed_from_epoch=2)) == []  # says how, not what
+    assert changed(lambda b: b["report"].update(train_seconds=9.5, train_device="x")) == []  # how long
+    assert changed(lambda b: b["ckpt"].update(train_time={"seconds": 9.5, "device": "x"})) == []
     opt = "checkpoint.optimizer"
     assert changed(lambda b: b["ckpt"]["state_dict"].update(extra=torch.zeros(1))) == \
         ["checkpoint.state_dict.extra (only in the second)"]

@@ -61,7 +61,10 @@ def run(root, out, *opts, dataset=TOY, flags=(), report=True):
 
 
 def without_run_info(report):
-    return {k: v for k, v in report.items() if k not in ("epoch", "effective_config")}
+    """What an evaluation of a saved model must reproduce: not the epoch, config or training
+    time (an --eval-only run trains nothing, so it records none)."""
+    return {k: v for k, v in report.items()
+            if k not in ("epoch", "effective_config", "train_seconds", "train_device")}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
+import time
 from typing import Optional
 
 import torch
@@ -24,7 +25,7 @@ from dassl.evaluation import build_evaluator
 from dassl.optim import build_optimizer
 from torch import nn
 
-from config import ConfigError
+from config import ConfigError, resolve_cfg
 from config.run_settings import effective_config
 from datasets.task_info import TaskInfo, task_info_of
 from trainers import checkpoint as ckpt_io
@@ -117,6 +118,18 @@ class MultiTaskCLIP(nn.Module):
         return scale * u @ h.t()
 
 
+def resumed_train_time(recorded: Optional[dict], now: Optional[dict]) -> Optional[dict]:
+    """The training time a resumed run goes on from: the checkpoint's ``recorded`` one, its device
+    joined with this attempt's (``now``) when they differ; None when the checkpoint records none."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("seconds"), (int, float)):
+        return None
+    device = recorded.get("device") or "unknown device"
+    here = (now or {}).get("device")
+    if here and here not in device.split(" + "):
+        device = f"{device} + {here}"
+    return {"seconds": float(recorded["seconds"]), "device": device}
+
+
 class MultiTaskPromptTrainer(TrainerX):
     """Dassl trainer for prompt tuning over all tasks of a benchmark at once."""
 
@@ -141,8 +154,9 @@ class MultiTaskPromptTrainer(TrainerX):
     @classmethod
     def resolved_cfg(cls, cfg):
         """The config this trainer runs with (SoftCPT fills its variant's keys): what checkpoints
-        and results.json record, and what a rerun is compared with."""
-        return cfg
+        and results.json record, and what a rerun is compared with: ``config.resolve_cfg``, whose
+        resolvers are torch-free so that a sweep compares a finished run's settings cheaply."""
+        return resolve_cfg(cfg)
 
     @property
     def tcfg(self):
@@ -276,12 +290,28 @@ class MultiTaskPromptTrainer(TrainerX):
         report = evaluation.results_report(
             self.cfg, getattr(self.evaluator, "report", {}), split, self.epoch,
             getattr(self, "resumed_from_epoch", None), effective_config(self.cfg),
-            self.training_setting())
+            self.training_setting(),
+            evaluation.run_costs(getattr(self, "_optims", {}).values(), getattr(self, "train_time", None)))
         evaluation.write_results(self.cfg.OUTPUT_DIR, split, report)
 
     def training_setting(self) -> dict:
         """What results.json records of the precision and steps (``evaluation.training_setting``)."""
         return evaluation.training_setting(self.tcfg, getattr(self, "precision", None))
+
+    # ------------------------------------------------------------ training time
+    # results.json's train_seconds (scripts/results.py's ``train min``): the wall time of the
+    # training epochs (Dassl's run_epoch: data, forward, backward, steps), not model building,
+    # validation, checkpoints or the final evaluation; summed over the attempts of a resumed
+    # run through the checkpoints (``train_time`` None: unknown, e.g. resumed from an older one).
+    def before_train(self) -> None:
+        self.train_time = {"seconds": 0.0, "device": evaluation.device_name(self.device)}
+        super().before_train()  # resumes: the checkpoint's train_time replaces this one
+
+    def run_epoch(self) -> None:
+        start = time.perf_counter()
+        super().run_epoch()
+        if getattr(self, "train_time", None) is not None:
+            self.train_time["seconds"] += time.perf_counter() - start
 
     # ------------------------------------------------------------ checkpoints
     # Files, save, resume and load: trainers/checkpoint.py; the identity check:
@@ -327,7 +357,7 @@ class MultiTaskPromptTrainer(TrainerX):
             epoch, val_result, self.task_info.keys, self.task_info.all_classnames,
             self.checkpoint_identity(), self.backbone_identity(),
             effective_config(cfg) if cfg else None, getattr(self, "scaler", None),
-            getattr(self, "best_result", float("-inf")))
+            getattr(self, "best_result", float("-inf")), getattr(self, "train_time", None))
         ckpt_io.save(directory, record, self._models, self._optims, self._scheds, model_name, is_best)
 
     def resume_model_if_exist(self, directory: str) -> int:
@@ -344,6 +374,7 @@ class MultiTaskPromptTrainer(TrainerX):
         best = ckpt_io.restore_run_state(ckpt, getattr(self, "scaler", None))
         if best is not None:
             self.best_result = best
+        self.train_time = resumed_train_time(ckpt.get("train_time"), getattr(self, "train_time", None))
         self.epoch = start - 1  # what results.json reports if no epoch is left to run
         self.resumed_from_epoch = start
         return start

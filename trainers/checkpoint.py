@@ -276,11 +276,13 @@ Check = Callable[[dict, str], None]  # raises a CheckpointError if (checkpoint, 
 
 def run_record(epoch: int, val_result: Optional[float], task_keys: Sequence[str],
                classnames: Sequence[str], identity: dict, backbone: dict,
-               effective_config: Optional[dict], scaler, best_result: float) -> dict:
+               effective_config: Optional[dict], scaler, best_result: float,
+               train_time: Optional[dict] = None) -> dict:
     """What every model's checkpoint of epoch ``epoch`` (0-based) holds besides its own state:
     the classes and tasks it was learned on, who learned it (``identity``: trainer, variant;
-    ``backbone``), the config, and what decides the next epoch (random states, the amp
-    scaler, the best validation result so far)."""
+    ``backbone``), the config, what decides the next epoch (random states, the amp
+    scaler, the best validation result so far) and the training time so far (``train_time``:
+    seconds and device, carried over a resume into results.json; None when unknown)."""
     return {
         "epoch": epoch + 1,
         "val_result": val_result,
@@ -292,6 +294,7 @@ def run_record(epoch: int, val_result: Optional[float], task_keys: Sequence[str]
         "rng": rng_state(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "best_result": float(best_result),
+        "train_time": dict(train_time) if train_time is not None else None,
     }
 
 

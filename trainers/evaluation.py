@@ -130,11 +130,37 @@ def training_setting(node, precision: Optional[str]) -> dict:
             "steps_per_batch": node.get("STEPS_PER_BATCH", 1)}
 
 
+def device_name(device: torch.device) -> str:
+    """``cpu``, or the GPU's name (``NVIDIA H100 80GB HBM3``): where a training time was measured."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def run_costs(optims: Iterable, train_time: Optional[dict]) -> dict:
+    """What results.json records of a run's cost (scripts/results.py's ``#params`` and ``train
+    min``): ``learnable_params``, the elements of the parameters the optimizers update, each
+    counted once (None without an optimizer: nothing is learned by gradient), and from
+    ``train_time`` (``{"seconds", "device"}`` of the training epochs over every attempt; None
+    when not measured: no epochs ran here, or a resume from a checkpoint that does not record
+    it) ``train_seconds`` and ``train_device``."""
+    sizes: dict[int, int] = {}
+    optims = [o for o in optims if o is not None]
+    for optim in optims:
+        for group in optim.param_groups:
+            for param in group["params"]:
+                sizes[id(param)] = param.numel()
+    timed = train_time or {}
+    return {"learnable_params": sum(sizes.values()) if optims else None,
+            "train_seconds": timed.get("seconds"), "train_device": timed.get("device")}
+
+
 def results_report(cfg, report: dict, split: str, epoch: int, resumed_from_epoch: Optional[int],
-                   effective_config: dict, setting: dict) -> dict:
+                   effective_config: dict, setting: dict, costs: Optional[dict] = None) -> dict:
     """The evaluator's ``report`` (unrounded) and what the run was: trainer, dataset, config,
     backbone, shots, seed, split, the epoch evaluated (1-based; None for ``epoch`` -1: nothing
-    learned), ``effective_config`` and the training ``setting`` (``training_setting``)."""
+    learned), ``effective_config``, the training ``setting`` (``training_setting``) and, when
+    given, its ``costs`` (``run_costs``)."""
     out = dict(report)
     out.update(trainer=cfg.TRAINER.NAME, dataset=cfg.DATASET.NAME, config=cfg.CONFIG_NAME,
                backbone=cfg.MODEL.BACKBONE.NAME, shots=cfg.DATASET.NUM_SHOTS, seed=cfg.SEED,
@@ -142,7 +168,7 @@ def results_report(cfg, report: dict, split: str, epoch: int, resumed_from_epoch
                subsample_classes=cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
                resumed_from_epoch=resumed_from_epoch,
                effective_config=effective_config,
-               **setting)
+               **setting, **(costs or {}))
     return out
 
 
