@@ -1,6 +1,7 @@
 """Exact resume on the paper's own trainer configs (issue 16, point 1).
 
-Each paper config (SoftCPT's, CoOp's and CoCoOp's RN50 and ViT-B/16 files) is run
+Each paper config (SoftCPT's, CoOp's and CoCoOp's RN50 and ViT-B/16 files; KgCoOp's and
+ProGrad's ViT-B/16 files) is run
 as it is, with only the backbone (``tiny`` for RN50 files, ``tiny-b16`` for
 ViT-B/16 files), the image size, the number of epochs and the loader workers
 overridden for CPU. None of these files sets TRAIN.CHECKPOINT_FREQ, so before
@@ -49,6 +50,12 @@ CASES = {
     "CoCoOp-rn50": ("CoCoOp", "configs/trainers/CoCoOp/rn50_c4_ep10_batch1_ctxv1.yaml", "tiny", [], 1),
     "CoCoOp-vit_b16-workers2": ("CoCoOp", "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
                                 "tiny-b16", ["DATALOADER.NUM_WORKERS", "2"], 2),
+    # a loss of its own (trainers/kgcoop.py) and a projected update (trainers/prograd.py);
+    # ProtoNet learns nothing per epoch (its run is one fit, as the linear probe's)
+    "KgCoOp-vit_b16-workers2": ("KgCoOp", "configs/trainers/KgCoOp/vit_b16_ep50.yaml", "tiny-b16",
+                                ["DATALOADER.NUM_WORKERS", "2"], 1),
+    "ProGrad-vit_b16-workers2": ("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", "tiny-b16",
+                                 ["DATALOADER.NUM_WORKERS", "2"], 2),
 }
 
 # One interpreter per config: imports train.py's modules once, forks each attempt.
