@@ -11,7 +11,7 @@
 #
 # Runs, in order, each method's sweep script with BENCHMARK and CFG: SoftCPT NATA and NATS,
 # zero-shot CLIP, linear probe, ProtoNet, CoOp CA, CS and MT, CoCoOp, KgCoOp, ProGrad, and
-# PLOT when scripts/plot/main.sh exists. Environment as every sweep script (SHOTS, SEEDS,
+# PLOT when its script (scripts/<method>/main.sh) exists. Environment as every sweep script (SHOTS, SEEDS,
 # DATA, OUTPUT, PYTHON, GPUS, JOBS, LAUNCHER=slurm; README.md#the-papers-protocol-on-real-data);
 # TABLE_ARGS: options for the final scripts/results.py call (e.g. "--paper").
 # Finished runs are skipped, so the same command resumes a stopped comparison. A method
@@ -29,7 +29,9 @@ METHODS=(
     "softcpt NATA" "softcpt NATS" "zsclip" "linear_probe" "protonet"
     "coop CA" "coop CS" "coop MT" "cocoop" "kgcoop" "prograd"
 )
-[ -f scripts/plot/main.sh ] && METHODS+=("plot")
+for optional in plot; do  # PLOT: run when its sweep script is in this checkout
+    [ -f "scripts/$optional/main.sh" ] && METHODS+=("$optional")
+done
 
 # Locally one table at the end, not one per method (a Slurm table job still prints its own).
 [ "${LAUNCHER:-local}" = slurm ] || export SWEEP_TABLE=0
