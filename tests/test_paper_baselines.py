@@ -117,6 +117,16 @@ def ref_projection(g_ce: torch.Tensor, g_kl: torch.Tensor, lam: float = 1.0) -> 
     return g_ce - lam * (g_ce * u).sum() * u
 
 
+def test_registered_with_their_nodes():
+    from dassl.engine import TRAINER_REGISTRY
+    assert {"ProtoNet", "KgCoOp", "ProGrad"} <= set(TRAINER_REGISTRY.registered_names())
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    assert (cfg.TRAINER.KGCOOP.N_CTX, cfg.TRAINER.KGCOOP.CTX_INIT, cfg.TRAINER.KGCOOP.W) == (4, "a photo of a", 8.0)
+    assert (cfg.TRAINER.PROGRAD.N_CTX, cfg.TRAINER.PROGRAD.T, cfg.TRAINER.PROGRAD.LAMBDA) == (16, 1.0, 1.0)
+    assert cfg.TRAINER.PROGRAD.INIT_FROM_TEMPLATE is True and "PREC" in cfg.TRAINER.PROTONET
+
+
 # ---------------------------------------------------------------- the formulas, small tensors
 def test_knowledge_guided_term_is_the_share_weighted_sum_of_each_tasks_term():
     gen = torch.Generator().manual_seed(0)
