@@ -321,7 +321,7 @@ def test_learnable_parameters_are_the_pages_count_on_general10_with_rn50s_width(
     the default keys build them (the text tower is not needed: z_c is stubbed)."""
     tasks = TaskInfo(keys=tuple(f"d{t}" for t in range(10)), names=tuple(f"dataset {t}" for t in range(10)),
                      classnames=tuple(("cat", "dog") for _ in range(10)), metrics=("overall_acc",) * 10)
-    fake_clip = types.SimpleNamespace(token_embedding=nn.Embedding(49408, 512))
+    fake_clip = types.SimpleNamespace(token_embedding=nn.Embedding.from_pretrained(torch.zeros(49408, 512)))
     module = kgcoop_module if cls is KgCoOp else prograd_module
     monkeypatch.setattr(module, "zero_shot_text_features", lambda clip, info: None)
     cfg = get_cfg_default()
@@ -354,16 +354,22 @@ def test_bad_values_name_the_key(check, node, key, value, match):
 CHANCE = 100 * (1 / 4 + 1 / 4 + 1 / 3) / 3  # toy: 4 shapes, 4 colours, 3 stripe orientations
 
 
+# A short run at a larger learning rate than the toy config's 0.002 (which needs 20 epochs).
+# On the toy's random CLIP the zero-shot features are at chance, and both methods pull
+# towards them: KgCoOp most (its W 8 term), so it gets the most steps. Seen: ProtoNet 56.67,
+# KgCoOp 36.39, ProGrad 38.89 (chance 27.78).
 @pytest.mark.slow  # trains and evaluates through train.main
-@pytest.mark.parametrize("trainer, shots, epochs", [
-    ("ProtoNet", 2, 1), ("KgCoOp", 4, 10), ("ProGrad", 4, 10)])
-def test_each_baseline_learns_the_toy_tasks(toy_root, tmp_path, trainer, shots, epochs):
+@pytest.mark.parametrize("trainer, opts, margin", [
+    # nothing learned: a margin that prototypes of shuffled shots (39.17) do not reach
+    ("ProtoNet", ["DATASET.NUM_SHOTS", "2"], 20),
+    ("KgCoOp", ["DATASET.NUM_SHOTS", "16", "OPTIM.MAX_EPOCH", "3", "OPTIM.LR", "0.05"], 5),
+    ("ProGrad", ["DATASET.NUM_SHOTS", "4", "OPTIM.MAX_EPOCH", "3", "OPTIM.LR", "0.2"], 5)],
+    ids=["ProtoNet", "KgCoOp", "ProGrad"])
+def test_each_baseline_learns_the_toy_tasks(toy_root, tmp_path, trainer, opts, margin):
     out = tmp_path / "run"
     train.main(["--root", str(toy_root), "--seed", "1", "--trainer", trainer,
                 "--dataset-config-file", "configs/datasets/toy.yaml",
-                "--config-file", f"configs/trainers/{trainer}/tiny.yaml", "--output-dir", str(out),
-                "DATASET.NUM_SHOTS", str(shots), "OPTIM.MAX_EPOCH", str(epochs)])
+                "--config-file", f"configs/trainers/{trainer}/tiny.yaml", "--output-dir", str(out), *opts])
     report = json.loads((out / "results.json").read_text())
     assert report["trainer"] == trainer and (out / "done").is_file()
-    print(trainer, report["score"])
-    assert report["score"] > CHANCE + 5
+    assert report["score"] > CHANCE + margin, report["score"]
