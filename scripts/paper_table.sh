@@ -44,15 +44,18 @@ for method in "${METHODS[@]}"; do
     bash "scripts/$script/main.sh" "$BENCHMARK" "$cfg" ${variant:+"$variant"}
     rc=$?
     [ "$rc" -eq 130 ] && exit 130  # interrupted: the same command resumes
-    [ "$rc" -ne 0 ] && FAILED+=("scripts/$script/main.sh $BENCHMARK $cfg${variant:+ $variant} (exit code $rc)")
+    [ "$rc" -ne 0 ] &&
+        FAILED+=("scripts/$script/main.sh $BENCHMARK $cfg${variant:+ $variant} (exit code $rc)")
     export SKIP_SETUP=1  # scripts/softcpt/main.sh checked the installation once
 done
 
 if [ "${LAUNCHER:-local}" = slurm ]; then
-    echo "[paper_table] submitted; once the jobs end: ${PYTHON:-python} scripts/results.py ${OUTPUT:-output}/$BENCHMARK ${TABLE_ARGS:-}"
+    echo "[paper_table] submitted; once the jobs end:" \
+        "${PYTHON:-python} scripts/results.py ${OUTPUT:-output}/$BENCHMARK ${TABLE_ARGS:-}"
 else
     # shellcheck disable=SC2086  # TABLE_ARGS: several options
-    "${PYTHON:-python}" scripts/results.py "${OUTPUT:-output}/$BENCHMARK" ${TABLE_ARGS:-} || FAILED+=("scripts/results.py")
+    "${PYTHON:-python}" scripts/results.py "${OUTPUT:-output}/$BENCHMARK" ${TABLE_ARGS:-} ||
+        FAILED+=("scripts/results.py")
 fi
 if [ "${#FAILED[@]}" -gt 0 ]; then
     echo "[paper_table] failed (fix, then run the same command again to redo only what is missing):" >&2

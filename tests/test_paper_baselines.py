@@ -122,7 +122,8 @@ def test_registered_with_their_nodes():
     assert {"ProtoNet", "KgCoOp", "ProGrad"} <= set(TRAINER_REGISTRY.registered_names())
     cfg = get_cfg_default()
     extend_cfg(cfg)
-    assert (cfg.TRAINER.KGCOOP.N_CTX, cfg.TRAINER.KGCOOP.CTX_INIT, cfg.TRAINER.KGCOOP.W) == (4, "a photo of a", 8.0)
+    kg = cfg.TRAINER.KGCOOP
+    assert (kg.N_CTX, kg.CTX_INIT, kg.W) == (4, "a photo of a", 8.0)
     assert (cfg.TRAINER.PROGRAD.N_CTX, cfg.TRAINER.PROGRAD.T, cfg.TRAINER.PROGRAD.LAMBDA) == (16, 1.0, 1.0)
     assert cfg.TRAINER.PROGRAD.INIT_FROM_TEMPLATE is True and "PREC" in cfg.TRAINER.PROTONET
 
