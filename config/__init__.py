@@ -10,9 +10,10 @@ the keys' code and the ``configs/`` folder the YAML files that set them.
 hook registered with ``register_config_hook``, in the order they were registered.
 Each key family registers its own hook when its module is imported: the in-tree ones
 (``config/dataset.py``, ``config/softcpt.py``, ``config/coop.py``, ``config/cocoop.py``,
-``config/zsclip.py``, ``config/linear_probe.py``, ``config/plot.py``) are imported at the
-end of this file; a trainer kept outside the repository's packages does the same from its
-own file (examples/my_trainer.py), imported before the config is built.
+``config/zsclip.py``, ``config/linear_probe.py``, ``config/plot.py``, ``config/protonet.py``,
+``config/kgcoop.py``, ``config/prograd.py``) are imported at the end of this file; a trainer
+kept outside the repository's packages does the same from its own file
+(examples/my_trainer.py), imported before the config is built.
 
 The other modules: ``config/merge.py`` merges files and ``KEY VALUE`` options with
 messages a user can act on; ``config/run_settings.py`` says which keys a run records.
@@ -311,3 +312,4 @@ def check_values(cfg: CN) -> None:
 # The in-tree key families, each registering its hook on import (after everything above,
 # which they import). Order: the order of extend_cfg's hooks.
 from config import dataset, softcpt, coop, cocoop, zsclip, linear_probe, plot  # noqa: E402,F401,I001
+from config import protonet, kgcoop, prograd  # noqa: E402,F401,I001  (the paper's other baselines)

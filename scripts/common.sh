@@ -12,6 +12,7 @@
 #   JOBS      N runs at a time without choosing GPUs, e.g. on CPU (default 1)
 #   LAUNCHER  local (default) or slurm: submit the runs as a job array, see scripts/slurm/
 #   SLURM_ARGS, SLURM_TABLE_ARGS  sbatch options with LAUNCHER=slurm (docs/clusters.md#slurm)
+#   SWEEP_TABLE  0: no results table at the end (scripts/paper_table.sh prints one for all)
 #
 # Extra KEY VALUE options name the run folder (options_tag): <cfg>_<K>shots_KEY-VALUE...
 #
@@ -285,7 +286,7 @@ sweep_finish() {
         echo "[sweep] ${SWEEP_RAN} run(s) ran, ${SWEEP_SKIPPED} skipped as finished, ${#SWEEP_FAILED[@]} failed."
     fi
     local table_rc=0
-    if [ -d "$1" ]; then
+    if [ -d "$1" ] && [ "${SWEEP_TABLE:-1}" != 0 ]; then
         "$PYTHON" scripts/results.py "$1" || table_rc=$?
     fi
     _sweep_failures

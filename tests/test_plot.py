@@ -209,7 +209,7 @@ def test_with_one_task_the_loss_and_gradient_are_plots_own(tiny_b16_clip, images
     """The loss, and its gradient, which flows through the cosines only (the plan has none)."""
     trainer = bare_trainer(tiny_b16_clip, ONE_TASK)
     labels = torch.tensor([0, 3, 1, 1, 2, 0])
-    loss, _ = trainer.batch_loss(images, labels)
+    loss, _ = trainer.plot_loss(images, labels)
     head = trainer.model.head
     (ours,) = torch.autograd.grad(loss, head.ctx)
     expected = F.cross_entropy(ref_plot_logits(tiny_b16_clip, head, images, ONE_TASK, 0), labels)
@@ -229,7 +229,7 @@ def test_each_tasks_gradient_is_its_share_of_its_own_run(tiny_b16_clip, images, 
     contexts is n_t / B times that of PLOT run on task t alone on its n_t images."""
     trainer = bare_trainer(tiny_b16_clip, TASKS_MANY, OT_THRESH=thresh)
     labels = torch.tensor([1, 0, 21, 39, 0, 20])
-    trainer.batch_loss(images, labels)[0].backward()
+    trainer.plot_loss(images, labels)[0].backward()
     joint = trainer.model.head.ctx.grad
     tasks = trainer.task_of_class[labels]
     for t in range(TASKS_MANY.num_tasks):
@@ -242,7 +242,7 @@ def test_each_tasks_gradient_is_its_share_of_its_own_run(tiny_b16_clip, images, 
         with torch.no_grad():
             alone.model.head.ctx.copy_(trainer.model.head.ctx[t:t + 1])
         first = TASKS_MANY.task_of_class.index(t)
-        alone.batch_loss(images[rows], labels[rows] - first)[0].backward()
+        alone.plot_loss(images[rows], labels[rows] - first)[0].backward()
         # the same sums in another order (one task's rows against the whole batch): 1e-5
         torch.testing.assert_close(joint[t], len(rows) / len(labels) * alone.model.head.ctx.grad[0],
                                    rtol=1e-5, atol=1e-5 * float(joint[t].abs().max()))
@@ -275,7 +275,7 @@ def test_a_plan_with_nan_stops_naming_the_batch_or_falls_back_to_uniform(tiny_cl
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     trainer = bare_trainer(tiny_clip, ONE_TASK, OT_EPS=1e-3)
     with pytest.raises(TransportError, match=r"epoch 1, batch 1, task pets has NaN.*NAN_PLAN uniform"):
-        trainer.batch_loss(images, labels)
+        trainer.plot_loss(images, labels)
     trainer = bare_trainer(tiny_clip, ONE_TASK, OT_EPS=1e-3, NAN_PLAN="uniform")
     with torch.no_grad():
         v, text = trainer.encode_local(images), trainer.model.text_features()

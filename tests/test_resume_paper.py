@@ -1,7 +1,8 @@
 """Exact resume on the paper's own trainer configs (issue 16, point 1).
 
-Each paper config (SoftCPT's, CoOp's and CoCoOp's RN50 and ViT-B/16 files, PLOT's
-ViT-B/16 one) is run as it is, with only the backbone (``tiny`` for RN50 files, ``tiny-b16`` for
+Each paper config (SoftCPT's, CoOp's and CoCoOp's RN50 and ViT-B/16 files; KgCoOp's,
+ProGrad's and PLOT's ViT-B/16 files) is run
+as it is, with only the backbone (``tiny`` for RN50 files, ``tiny-b16`` for
 ViT-B/16 files), the image size, the number of epochs and the loader workers
 overridden for CPU. None of these files sets TRAIN.CHECKPOINT_FREQ, so before
 every epoch was saved a killed run restarted from epoch 0. Per config, one
@@ -51,6 +52,12 @@ CASES = {
                                 "tiny-b16", ["DATALOADER.NUM_WORKERS", "2"], 2),
     "PLOT-vit_b16-workers2": ("PLOT", "configs/trainers/PLOT/vit_b16_ep50.yaml", "tiny-b16",
                               ["DATALOADER.NUM_WORKERS", "2"], 1),
+    # a loss of its own (trainers/kgcoop.py) and a projected update (trainers/prograd.py);
+    # ProtoNet learns nothing per epoch (its run is one fit, as the linear probe's)
+    "KgCoOp-vit_b16-workers2": ("KgCoOp", "configs/trainers/KgCoOp/vit_b16_ep50.yaml", "tiny-b16",
+                                ["DATALOADER.NUM_WORKERS", "2"], 1),
+    "ProGrad-vit_b16-workers2": ("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", "tiny-b16",
+                                 ["DATALOADER.NUM_WORKERS", "2"], 2),
 }
 
 # One interpreter per config: imports train.py's modules once, forks each attempt.

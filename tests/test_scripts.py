@@ -74,6 +74,15 @@ def test_failed_run_is_reported_at_the_end_and_the_sweep_goes_on(fake_env, tmp_p
     ("scripts/linear_probe/main.sh", [], "toy/LinearProbeCLIP/tiny_16shots/seed2",
      "--trainer LinearProbeCLIP"),
     ("scripts/zsclip/main.sh", [], "toy/ZeroshotCLIP/tiny_0shots/seed2", "DATASET.NUM_SHOTS 0"),
+    ("scripts/protonet/main.sh", ["general10", "rn50_ep50"], "general10/ProtoNet/rn50_ep50_16shots/seed2",
+     "--trainer ProtoNet --dataset-config-file configs/datasets/general10.yaml --config-file "
+     "configs/trainers/ProtoNet/rn50_ep50.yaml DATASET.NUM_SHOTS 16"),
+    ("scripts/kgcoop/main.sh", ["toy", "tiny", "TRAINER.KGCOOP.W", "1.0"],
+     "toy/KgCoOp/tiny_16shots_TRAINER.KGCOOP.W-1.0/seed2",
+     "--config-file configs/trainers/KgCoOp/tiny.yaml DATASET.NUM_SHOTS 16 TRAINER.KGCOOP.W 1.0"),
+    ("scripts/prograd/main.sh", ["toy", "vit_b16_ep50"], "toy/ProGrad/vit_b16_ep50_16shots/seed2",
+     "--trainer ProGrad --dataset-config-file configs/datasets/toy.yaml --config-file "
+     "configs/trainers/ProGrad/vit_b16_ep50.yaml DATASET.NUM_SHOTS 16"),
     ("scripts/softcpt/base2new_train.sh", [], "base2new/train_base/toy/shots_16/SoftCPT/NATA/tiny/seed2",
      "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.SOFTCPT.VARIANT NATA"),
 ])
@@ -86,6 +95,31 @@ def test_scripts_pass_coop_style_arguments_and_folders(fake_env, script, args, f
     assert call.startswith(f"train.py --output-dir {out}/{folder} --root {fake_env['DATA']} --seed 2 ")
     assert expected in call
     assert os.path.isfile(os.path.join(out, folder, "done"))
+
+
+def test_paper_table_runs_every_method_of_the_papers_table_then_one_table(fake_env):
+    fake_env.update(SHOTS="1 16", SEEDS="1", FAIL_SEED="")
+    done = sweep("scripts/paper_table.sh", "general10", "rn50_ep50", env=fake_env)
+    assert done.returncode == 0, done.stderr
+    folders = {c.split()[2][len(fake_env["OUTPUT"]) + 1:] for c in calls(fake_env)}
+    methods = ["SoftCPT/NATA", "SoftCPT/NATS", "LinearProbeCLIP", "ProtoNet", "CoOp/CA", "CoOp/CS",
+               "CoOp/MT", "KgCoOp", "ProGrad"]
+    if os.path.isfile(os.path.join(REPO, "scripts", "plot", "main.sh")):
+        methods.append("PLOT")
+    expected = {f"general10/{m}/rn50_ep50_{k}shots/seed1" for m in methods for k in (1, 16)}
+    expected |= {f"general10/CoCoOp/rn50_c4_ep10_batch1_ctxv1_{k}shots/seed1" for k in (1, 16)}
+    expected.add("general10/ZeroshotCLIP/rn50_ep50_0shots/seed1")
+    assert folders == expected
+    assert done.stdout.count("## general10") == 1  # one table, at the end, with every row
+    table = done.stdout[done.stdout.index("## general10"):].split("Per task")[0]
+    for row in methods + ["CoCoOp", "ZeroshotCLIP"]:
+        assert f"| {row} |" in table
+    # a failing method is listed at the end; the others still run, and a rerun redoes only it
+    fake_env.update(FAIL_SEED="1")
+    os.remove(os.path.join(fake_env["OUTPUT"], "general10", "KgCoOp", "rn50_ep50_16shots", "seed1", "done"))
+    again = sweep("scripts/paper_table.sh", "general10", "rn50_ep50", env=fake_env)
+    assert again.returncode == 1 and len(calls(fake_env)) == len(expected) + 1
+    assert "scripts/kgcoop/main.sh general10 rn50_ep50 (exit code 1)" in again.stderr
 
 
 def test_options_name_the_run_folders_so_settings_never_share_one(fake_env):

@@ -18,3 +18,4 @@ if dassl is not None:
     from . import evaluator  # noqa: F401
     from . import softcpt  # noqa: F401
     from . import cocoop, coop, linear_probe, plot, zsclip  # noqa: F401  (the baselines)
+    from . import kgcoop, prograd, protonet  # noqa: F401  (the paper's other baselines)

@@ -201,31 +201,48 @@ class MultiTaskPromptTrainer(TrainerX):
         columns = self.training_columns(labels)
         targets = torch.searchsorted(columns, labels)  # position of each label among the columns
         with torch.autocast(self.device.type, enabled=self.precision == "amp"):
-            logits = self.model(images, columns)
-            loss = multitask_loss(logits, targets, self.task_of_class[labels],
-                                  self.task_of_class[columns])
-        self.optimizer_steps(loss)
+            logits, losses = self.batch_loss(images, labels, columns, targets)
+        self.optimizer_steps(losses)
         pred = own_task_prediction(logits, self.task_of_class[labels], self.task_of_class[columns])
         acc = (pred == targets).float().mean()
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
-        return {"loss": loss.item(), "acc": 100.0 * acc.item()}
+        return {**{k: v.item() for k, v in losses.items()}, "acc": 100.0 * acc.item()}
 
-    def optimizer_steps(self, loss: torch.Tensor) -> None:
-        """Backward once, then STEPS_PER_BATCH optimizer steps on that gradient (fp32, fp16).
+    def batch_loss(self, images: torch.Tensor, labels: torch.Tensor, columns: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits ``(B, C')`` over ``columns`` and the losses of one training batch (under
+        autocast with amp), each logged: ``loss``, the multi-task loss (docs/method.md#loss),
+        is what ``optimizer_steps`` minimises. ``targets`` are the labels' positions among
+        ``columns``. A trainer with a loss of its own overrides this (trainers/kgcoop.py)."""
+        logits = self.model(images, columns)
+        loss = multitask_loss(logits, targets, self.task_of_class[labels], self.task_of_class[columns])
+        return logits, {"loss": loss}
 
-        With amp (a GradScaler in ``self.scaler``): one scaled step per batch whatever
-        STEPS_PER_BATCH, as the official code, whose scaler steps the optimizer once;
-        the schedule still takes STEPS_PER_BATCH steps per epoch (``update_lr``).
-        """
+    def optimizer_steps(self, losses: dict[str, torch.Tensor]) -> None:
+        """Backward ``losses["loss"]`` once, then the optimizer steps on that gradient
+        (``step_optimizer``). A trainer that combines gradients itself overrides this
+        (trainers/prograd.py)."""
+        loss = losses["loss"]
         self.optim.zero_grad()
         if self.scaler is None:
             self.model_backward(loss)
+        else:
+            self.detect_anomaly(loss)
+            self.scaler.scale(loss).backward()
+        self.step_optimizer()
+
+    def step_optimizer(self) -> None:
+        """STEPS_PER_BATCH optimizer steps on the gradients in ``.grad`` (fp32, fp16).
+
+        With amp (a GradScaler in ``self.scaler``, the gradients scaled by it): one scaled
+        step per batch whatever STEPS_PER_BATCH, as the official code, whose scaler steps the
+        optimizer once; the schedule still takes STEPS_PER_BATCH steps per epoch (``update_lr``).
+        """
+        if self.scaler is None:
             for _ in range(self.tcfg.STEPS_PER_BATCH):
                 self.optim.step()
             return
-        self.detect_anomaly(loss)
-        self.scaler.scale(loss).backward()
         self.scaler.step(self.optim)  # unscales the gradient, skips the step if it is not finite
         self.scaler.update()
 

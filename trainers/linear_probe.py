@@ -99,18 +99,25 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
         logger.info("Loading CLIP (backbone: %s)", backbone.NAME)
         clip_model = load_clip(backbone.NAME, backbone.PRETRAINED_TAG, precision, self.device,
                                pretrained=backbone.PRETRAINED)
-        head = LinearProbeHead(sum(self.task_info.num_classes), clip_model.visual.output_dim)
+        head = self.build_frozen_head(sum(self.task_info.num_classes), clip_model.visual.output_dim)
         self.model = MultiTaskCLIP(clip_model, head).to(self.device)
         self.register_model(HEAD_NAME, head, None, None)
+
+    def build_frozen_head(self, num_classes: int, dim: int) -> PromptHead:
+        """The head fitted on the shots' image features (ProtoNet's: its prototypes)."""
+        return LinearProbeHead(num_classes, dim)
+
+    def shot_loader(self):
+        """The few-shot training images with the test transform (no augmentation), in order."""
+        cfg = self.cfg
+        return build_data_loader(cfg, sampler_type="SequentialSampler", data_source=self.dm.dataset.train_x,
+                                 batch_size=cfg.DATALOADER.TEST.BATCH_SIZE,
+                                 tfm=build_transform(cfg, is_train=False), is_train=False)
 
     def train(self) -> None:
         """Fit every task's classifier, save it, then evaluate like any trainer."""
         self.set_model_mode("eval")
-        cfg = self.cfg
-        loader = build_data_loader(cfg, sampler_type="SequentialSampler", data_source=self.dm.dataset.train_x,
-                                   batch_size=cfg.DATALOADER.TEST.BATCH_SIZE,
-                                   tfm=build_transform(cfg, is_train=False), is_train=False)
-        x, y = self.features(loader, "train")
+        x, y = self.features(self.shot_loader(), "train")
         x_val, y_val = self.features(self.val_loader, "val") if self.val_loader is not None else (None, None)
         info, head = self.task_info, self.model.head
         for t, (lo, hi) in enumerate(zip(info.offsets[:-1], info.offsets[1:])):
@@ -123,9 +130,13 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
             head.weight.data[lo:hi] = torch.from_numpy(weight).to(head.weight)
             head.bias.data[lo:hi] = torch.from_numpy(bias).to(head.bias)
             logger.info("Task %d (%s): %d training images, C = %g", t, info.keys[t], own.sum(), c)
+        self.finish_fit()
+
+    def finish_fit(self) -> None:
+        """Save the fitted head as epoch 1's learned-only checkpoint, then evaluate."""
         self.epoch = 0
-        if cfg.OUTPUT_DIR:
-            self.save_model(0, cfg.OUTPUT_DIR)
+        if self.cfg.OUTPUT_DIR:
+            self.save_model(0, self.cfg.OUTPUT_DIR)
         print("Finish training")  # what log parsers (CoOp's parse_test_res.py) look for
         self.test()
 
@@ -135,7 +146,7 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
         return feats.double().numpy(), labels.numpy()
 
     def feature_logits(self, u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.model.head.logits(u)
+        return self.model.head.logits(u)  # the frozen head's own logits
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:

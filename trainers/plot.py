@@ -166,9 +166,10 @@ class PLOT(MultiTaskPromptTrainer):
         return logits
 
     # ------------------------------------------------------------------- train
-    def batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def plot_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The multi-task loss of a batch (each task's share times its own PLOT loss) and its
-        accuracy: images scored against their own task's classes only."""
+        accuracy: images scored against their own task's classes only. (Not the base's
+        ``batch_loss``: PLOT scores images by their local features, batch by batch.)"""
         columns = self.training_columns(labels)
         targets = torch.searchsorted(columns, labels)
         sample_task, column_task = self.task_of_class[labels], self.task_of_class[columns]
@@ -182,8 +183,8 @@ class PLOT(MultiTaskPromptTrainer):
 
     def forward_backward(self, batch: dict) -> dict:
         images, labels, _ = self.parse_batch_train(batch)
-        loss, acc = self.batch_loss(images, labels)
-        self.optimizer_steps(loss)
+        loss, acc = self.plot_loss(images, labels)
+        self.optimizer_steps({"loss": loss})
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return {"loss": loss.item(), "acc": 100.0 * acc.item()}

@@ -12,6 +12,7 @@ import logging
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 
@@ -19,6 +20,7 @@ import config.zsclip  # noqa: F401  (registers TRAINER.ZSCLIP)
 from datasets.task_info import TaskInfo
 from trainers.base import MultiTaskPromptTrainer, PromptHead
 from trainers.prompt import PromptBuilder
+from trainers.text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,16 @@ class TemplateHead(PromptHead):
     def forward(self, encoder: nn.Module, columns: Optional[torch.Tensor] = None,
                 image_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         return encoder(*self.prompts(rows=columns))
+
+
+@torch.no_grad()
+def zero_shot_text_features(clip_model: nn.Module, task_info: TaskInfo) -> torch.Tensor:
+    """Normalised zero-shot text features z ``(C, D)`` in global label order: what
+    ZeroshotCLIP scores with (each task's template), for the trainers that lean on it
+    (KgCoOp's knowledge-guided term, ProGrad's teacher). fp32, whatever CLIP's precision."""
+    encoder = TextEncoder(clip_model)
+    head = TemplateHead(task_info, clip_model.token_embedding).to(clip_model.token_embedding.weight.device)
+    return F.normalize(head(encoder).float(), dim=-1)
 
 
 @TRAINER_REGISTRY.register()

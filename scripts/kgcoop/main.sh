@@ -1,0 +1,23 @@
+#!/bin/bash
+# KgCoOp per task (CoOp plus the knowledge-guided term), over shots and seeds, then the
+# results table.
+#
+#   bash scripts/kgcoop/main.sh [BENCHMARK] [CFG] [KEY VALUE ...]
+#
+#   BENCHMARK  configs/datasets/<BENCHMARK>.yaml (default toy)
+#   CFG        configs/trainers/KgCoOp/<CFG>.yaml: tiny (default), rn50_ep50, vit_b16_ep50
+#   KEY VALUE  more options, e.g. TRAINER.KGCOOP.W 1.0 (they name the run folders)
+#
+# Environment as scripts/softcpt/main.sh: SHOTS ("1 2 4 8 16"), SEEDS ("1 2 3"), DATA, OUTPUT.
+# Runs: $OUTPUT/<BENCHMARK>/KgCoOp/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>.
+cd "$(dirname "$0")/../.." || exit 1
+source scripts/common.sh
+
+BENCHMARK=${1:-toy}
+CFG=${2:-tiny}
+shift $(($# < 2 ? $# : 2))
+SHOTS=${SHOTS:-"1 2 4 8 16"}
+SEEDS=${SEEDS:-"1 2 3"}
+
+sweep KgCoOp "$CFG" "$OUTPUT/$BENCHMARK/KgCoOp/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}" "$@"
+sweep_finish "$OUTPUT/$BENCHMARK"
