@@ -166,14 +166,38 @@ def record_config_error(args: argparse.Namespace, err: ConfigError) -> None:
 
 
 def import_modules(names: Sequence[str]) -> None:
-    """``--import``: modules that register trainers (and config hooks) before the config is built."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise ConfigError(f"--import {name}: cannot import it ({type(err).__name__}: {err}); give a "
-                              "module path importable from this folder, e.g. my_pkg.my_trainer for "
-                              "my_pkg/my_trainer.py (docs/add_a_trainer.md#other-dassl-trainers).") from None
+    """``--import``: modules that register trainers (and config hooks) before the config is built.
+
+    A trainer they register under a name this project's trainers already use (CoOp's own
+    ``CoOp``, KgCoOp's ``KgCoOp``) takes that name in this process, with a line saying so:
+    Dassl's registry would refuse the second registration."""
+    if not names:
+        return
+    from dassl.engine import TRAINER_REGISTRY
+
+    import trainers  # noqa: F401  (this project's names first, so that theirs win)
+
+    ours = set(TRAINER_REGISTRY.registered_names())
+    register = TRAINER_REGISTRY._do_register
+
+    def imported_first(name, obj, force=False):
+        if name in ours:
+            print(f"note: --import: {obj.__module__}.{obj.__name__} is trainer {name!r} in this run, "
+                  f"in place of this project's (docs/add_a_trainer.md#other-dassl-trainers)")
+        register(name, obj, force=force or name in ours)
+
+    TRAINER_REGISTRY._do_register = imported_first  # this instance, while the modules import
+    try:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                raise ConfigError(f"--import {name}: cannot import it ({type(err).__name__}: {err}); give "
+                                  "a module path importable from this folder, e.g. my_pkg.my_trainer for "
+                                  "my_pkg/my_trainer.py (docs/add_a_trainer.md#other-dassl-trainers).") \
+                    from None
+    finally:
+        del TRAINER_REGISTRY._do_register
 
 
 CHECK_FINISHED = "--check-finished"

@@ -28,7 +28,7 @@ from atomic_files import atomic_write  # noqa: E402
 from config.merge import load_yaml  # noqa: E402
 
 SAME = ("trainer", "shots", "seed", "config", "backbone")
-SUMMED = ("n_params", "train_seconds")  # per-task counts and times add up to the method's
+SUMMED = ("learnable_params", "train_seconds")  # per-task counts and times add up to the method's
 
 
 class MergeError(ValueError):
@@ -87,7 +87,7 @@ def merge(seed_dir: str, n_tasks: int) -> dict:
         values = [r.get(key) for r in reports]
         if all(isinstance(v, (int, float)) for v in values):
             out[key] = sum(values)
-    for key in ("device", "param_dtype", "steps_per_batch", "prec"):
+    for key in ("train_device", "param_dtype", "steps_per_batch", "prec"):
         if key in first:
             out[key] = first[key]
     return out

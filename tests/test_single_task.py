@@ -92,12 +92,12 @@ def test_merge_writes_one_multitask_result(tmp_path):
 
     seed = tmp_path / "seed1"
     for i, (key, score) in enumerate([("shapes", 40.0), ("colours", 25.0), ("stripes", 70.0)]):
-        task_run(seed / f"task{i}", key, "overall_acc", score, n_params=16, train_seconds=2.5)
+        task_run(seed / f"task{i}", key, "overall_acc", score, learnable_params=16, train_seconds=2.5)
     assert merge_tasks.main(["merge", str(seed), "3"]) == 0
     merged = json.loads((seed / "results.json").read_text())
     assert merged["score"] == 45.0 and [t["key"] for t in merged["tasks"]] == ["shapes", "colours", "stripes"]
     assert [t["task"] for t in merged["tasks"]] == [0, 1, 2] and merged["total"] == 30
-    assert merged["n_params"] == 48 and merged["train_seconds"] == 7.5  # the method's: summed
+    assert merged["learnable_params"] == 48 and merged["train_seconds"] == 7.5  # the method's: summed
     assert (seed / "done").is_file()
 
 
@@ -180,16 +180,19 @@ def test_single_task_trainer_runs_per_task_into_the_table(tmp_path, toy_root):
                            "OPTIM.MAX_EPOCH", "2"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    seed = tmp_path / "out" / "toy" / "SingleTaskCoOp" / "tiny_2shots_OPTIM.MAX_EPOCH-2" / "seed1"
+    seed = tmp_path / "out" / "toy" / "SingleTaskCoOp" / "per_task" / "tiny_2shots_OPTIM.MAX_EPOCH-2" / "seed1"
     per_task = [json.loads((seed / f"task{i}" / "results.json").read_text()) for i in range(3)]
     assert [r["tasks"][0]["key"] for r in per_task] == ["shapes", "colours", "stripes"]
     assert per_task[1]["tasks"][0]["metric"] == "mean_acc"  # the task's declared metric
     assert all(r["trainer"] == "SingleTaskCoOp" and r["shots"] == 2 for r in per_task)
+    width = 64  # the tiny CLIP's token width; N_CTX 4 context vectors per task run
+    assert [r["learnable_params"] for r in per_task] == [4 * width] * 3
     merged = json.loads((seed / "results.json").read_text())
     expected = sum(r["tasks"][0]["score"] for r in per_task) / 3
     assert merged["score"] == pytest.approx(expected, abs=1e-12)
+    assert merged["learnable_params"] == 3 * 4 * width
     with open(tmp_path / "out" / "toy" / "summary" / "tasks.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("method", "").startswith("SingleTaskCoOp")]
+        rows = [r for r in csv.DictReader(f) if r.get("method", "").startswith("SingleTaskCoOp/per_task ")]
     assert rows, "the table has no row of the per-task trainer"
     text = (tmp_path / "out" / "toy" / "summary" / "tasks.csv").read_text()
     assert "shapes" in text and "colours" in text and "stripes" in text and "MultiTask" not in text

@@ -59,6 +59,8 @@ def record_results(trainer, cfg, epoch: Optional[int] = None) -> Optional[str]:
     last = trainer.epoch if epoch is None else epoch
     node = cfg.TRAINER.get(cfg.TRAINER.NAME.upper(), {})
     setting = evaluation.training_setting(node, None)
-    out = evaluation.results_report(cfg, report, "test", last, None, effective_config(cfg), setting)
+    # what the optimizers update; its training time is not measured (its loop is its own)
+    costs = evaluation.run_costs(getattr(trainer, "_optims", {}).values(), None)
+    out = evaluation.results_report(cfg, report, "test", last, None, effective_config(cfg), setting, costs)
     out["scoring"] = "one task, scored by a single-task trainer"
     return evaluation.write_results(cfg.OUTPUT_DIR, "test", out)

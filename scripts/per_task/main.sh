@@ -11,7 +11,7 @@
 #   TRAINER_MODULE  the module that registers it, when it is not one of trainers/ (train.py --import)
 #   TRAINER_CONFIG_DIR  folder of <TRAINER>/<CFG>.yaml (default configs/trainers)
 #   BENCHMARK, CFG, KEY VALUE and the environment as scripts/coop/main.sh.
-# Runs: $OUTPUT/<BENCHMARK>/<TRAINER>/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>/task<i>, one per
+# Runs: $OUTPUT/<BENCHMARK>/<TRAINER>/per_task/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>/task<i>, one per
 # task (DATASET.SUBSAMPLE_TASKS i); seed<S>/results.json and done once all have finished.
 # docs/add_a_trainer.md#other-dassl-trainers.
 config_dir=${TRAINER_CONFIG_DIR:-}
@@ -34,7 +34,8 @@ fi
 require_file "configs/datasets/${BENCHMARK}.yaml" "benchmark config"
 N_TASKS=$("$PYTHON" scripts/merge_tasks.py count "configs/datasets/${BENCHMARK}.yaml") || exit 2
 
-SEED_DIR="$OUTPUT/$BENCHMARK/$TRAINER/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}"
+# per_task/: its own rows in the table, apart from a joint run of a trainer of the same name
+SEED_DIR="$OUTPUT/$BENCHMARK/$TRAINER/per_task/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}"
 for ((task = 0; task < N_TASKS; task++)); do
     sweep "$TRAINER" "$CFG" "$SEED_DIR/task$task" DATASET.SUBSAMPLE_TASKS "'$task'" "$@"
 done
