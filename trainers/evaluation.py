@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainers import feature_cache
+from trainers import feature_cache, stops
 from trainers.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def split_features(model: nn.Module, loader, split: str, cfg, device: torch.devi
 
     def encode():
         for batch in tqdm(ordered, desc=f"encoding {split} images"):
+            stops.check()  # nothing is cached until every image is encoded
             images = batch["img"].to(device)
             yield model.encode_image(images), batch["label"]
 
