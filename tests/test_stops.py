@@ -18,7 +18,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainers import feature_cache, stops
+pytest.importorskip("dassl", reason="Dassl is not installed")
+
+from trainers import feature_cache, stops  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
