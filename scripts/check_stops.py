@@ -228,6 +228,23 @@ def problem(row: dict, folder: str, signum: int) -> str:
     return ""
 
 
+def where_stopped(rows: list[dict]) -> dict:
+    """How many stops came before the first epoch was saved, after epoch k < EPOCHS (in
+    training) and after the last epoch (in the final evaluation)."""
+    counts = {"before epoch 1": 0, "in training": 0, "in the final evaluation": 0}
+    for row in rows:
+        line = row["stderr"].strip().splitlines()[-1] if row["stderr"].strip() else ""
+        if not row["sent"] or not line.startswith("stopped by signal"):
+            continue
+        if "before the first epoch" in line:
+            counts["before epoch 1"] += 1
+        elif f"after epoch {EPOCHS} of" in line:
+            counts["in the final evaluation"] += 1
+        else:
+            counts["in training"] += 1
+    return counts
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", required=True, help="$DATA (the toy benchmark is written there on first use)")
@@ -297,6 +314,7 @@ def main() -> int:
                "sent_with_workers": {to: sum(r["sent"] and r["workers"] > 0 and r["to"] == to for r in rows)
                                      for to in stops},
                "stopped_mid_epoch": sum(r["mid_epoch"] for r in rows),
+               "stopped_where": where_stopped(rows),
                "ended_first": sum(not r["sent"] for r in rows),
                "after_done": sum(r["sent"] and r["code"] == 0 for r in rows),
                "chains_compared": chains, "differences": chain_diffs, "failures": failures,
