@@ -6,8 +6,9 @@ The run is a paper config (configs/trainers/SoftCPT/vit_b16_ep50.yaml) with only
 backbone (``tiny-b16``), the image size, the epochs and the loader workers (2)
 overridden. Each attempt is a fork of this process (train.py imported once) in its own
 process group, running train.py's command line (``train.cli``). At a random moment
-(uniform between 50 ms after the fork and half the length of an uninterrupted run: its
-set-up, an epoch or two, or, once the epochs are saved, the final evaluation) it is
+(uniform between 50 ms after the fork and 4/5 of the attempt's expected length, from
+the uninterrupted run's timings and the epochs already saved; every other one within
+half an epoch of its DataLoader workers' start, while there is training left) it is
 sent SIGTERM, SIGINT or SIGUSR1, alternately to its main PID alone (as
 scripts/slurm/task.sh does) and to its whole process group, DataLoader workers
 included (as scancel, preemption or a terminal's Ctrl-C do). Every signalled attempt
@@ -277,8 +278,9 @@ def main() -> int:
         left = setup + (EPOCHS - (saved[-1] if saved else 0)) * epoch + tail  # this attempt's length
         if stops[to] % 2 and (saved[-1] if saved else 0) < EPOCHS:  # every other one during training
             moment = ("workers", rng.uniform(0.0, 0.5 * epoch))
-        else:  # anywhere in the attempt: set-up, training, checkpoints, final evaluation
-            moment = ("after", rng.uniform(MIN_DELAY, left))
+        else:  # anywhere in the attempt: set-up, training, checkpoints, final evaluation (the
+            # estimate's last fifth left out: fewer attempts end before their moment)
+            moment = ("after", rng.uniform(MIN_DELAY, 0.8 * left))
         row = signalled_attempt(["--output-dir", folder, *common], folder, moment, signum, to == "group",
                                 os.path.join(out, f"attempt{len(rows)}.err"))
         row["folder"] = os.path.basename(folder)
