@@ -18,9 +18,11 @@ evaluates a run that has not finished only at the epoch ``--load-epoch`` names.
 
 A run owns its output folder while it trains or evaluates (a second process into
 it stops at once, trainers/run_folder.py), refuses a folder recorded with other
-settings, and ends cleanly on SIGTERM, SIGINT (Ctrl-C) and SIGUSR1: the last
-complete epoch stays resumable, log.txt says where it stopped, and the exit code
-is 128 + the signal's number (docs/reliability.md#guarantees). Storage faults (full disk,
+settings, and ends cleanly on SIGTERM, SIGINT (Ctrl-C) and SIGUSR1, sent to it or to its
+whole process group: the signal is recorded and acted on at the next check point (a
+training batch, an epoch's checkpoint, a batch of images evaluated; trainers/stops.py),
+the last complete epoch stays resumable, log.txt says where it stopped, and the exit code
+is 128 + the signal's number (docs/reliability.md#stops). Storage faults (full disk,
 read-only folder, a path that is a file) end in one line naming the path.
 
 ``--check-finished`` (with the same command line, torch-free) only compares the settings
@@ -36,11 +38,9 @@ import errno
 import importlib
 import logging
 import os.path as osp
-import signal
 import sys
 import contextlib
 import json
-import threading
 import traceback
 from typing import Optional, Sequence
 
@@ -266,33 +266,13 @@ from datasets.errors import DatasetError  # noqa: E402
 from trainers import checkpoint as ckpt_io  # noqa: E402
 from trainers import single_task  # noqa: E402
 from trainers.atomic import atomic_write  # noqa: E402
+from trainers import stops  # noqa: E402
 from trainers.backbone import WeightsError  # noqa: E402
 from trainers.plot import TransportError  # noqa: E402
-from trainers.checkpoint import STOP_SIGNALS, CheckpointError  # noqa: E402
+from trainers.checkpoint import CheckpointError  # noqa: E402
 from trainers.logs import open_run_log, restore_stdout, setup_logging  # noqa: E402
 from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, SIGINT or SIGUSR1 (Ctrl-C, scancel, a scheduler's warning before its time limit).
-
-    A KeyboardInterrupt, so that DataLoader workers (which inherit the handler)
-    end quietly as they do on Ctrl-C; train.py turns it into one line and the
-    exit code 128 + signum.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
-        self.signum = signum
-        self.code = 128 + signum
-        self.where = ": run the same command again to resume"  # main() names the epoch
-
-    def __str__(self) -> str:
-        return f"{self.args[0]}{self.where}"
-
-
-def _raise_stopped(signum: int, frame) -> None:
-    raise Stopped(signum)
+from trainers.stops import Stopped  # noqa: E402,F401  (train.Stopped: what main() raises on a stop)
 
 
 class StorageError(RuntimeError):
@@ -416,32 +396,30 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             sys.exit(code)
         return
     args = build_parser().parse_args(argv)
-    try:
-        import_modules(args.imports)
-        cfg = setup_cfg(args)
-        check_trainer(cfg.TRAINER.NAME)
-        check_dataset(cfg.DATASET.NAME)
-        check_inputs = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_inputs", None)
-        if check_inputs is not None:  # what needs torch to check (the backbone's name)
-            check_inputs(cfg)
-    except ConfigError as err:  # before log.txt is open: add it there all the same
-        record_config_error(args, err)
-        raise
-    if cfg.SEED >= 0:
-        set_random_seed(cfg.SEED)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS} if in_main_thread else {}
-    try:
+    # From here on a stop signal is only recorded; the run acts on it at its check points
+    # (trainers/stops.py, docs/reliability.md#stops), the first once the log is open.
+    with stops.handled():
+        try:
+            import_modules(args.imports)
+            cfg = setup_cfg(args)
+            check_trainer(cfg.TRAINER.NAME)
+            check_dataset(cfg.DATASET.NAME)
+            check_inputs = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_inputs", None)
+            if check_inputs is not None:  # what needs torch to check (the backbone's name)
+                check_inputs(cfg)
+        except ConfigError as err:  # before log.txt is open: add it there all the same
+            record_config_error(args, err)
+            raise
+        if cfg.SEED >= 0:
+            set_random_seed(cfg.SEED)
         with storage_errors(cfg, args), owned(cfg.OUTPUT_DIR):
             logged_run(cfg, args)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def owned(folder: str):
     """The run folder's lock (trainers/run_folder.py), when there is a folder."""
-    return hold(folder) if folder else contextlib.nullcontext()
+    # a stop while it waits for another host's lock ends the wait (trainers/run_folder.py)
+    return hold(folder, poll=stops.check) if folder else contextlib.nullcontext()
 
 
 def logged_run(cfg, args: argparse.Namespace) -> None:
@@ -454,9 +432,10 @@ def logged_run(cfg, args: argparse.Namespace) -> None:
         trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
         resolved = getattr(trainer_class, "resolved_cfg", None)  # Dassl's own trainers have none
         check_settings(resolved(cfg) if resolved else cfg, folders)
+        stops.check()
         run(cfg, args)
     except Stopped as err:
-        err.where = stopped_where(cfg)
+        err.where = stopped_where(cfg, args.eval_only)
         _record(log, str(err))
         raise
     except USER_ERRORS as err:  # the console gets it from __main__, the log here
@@ -527,8 +506,10 @@ def last_saved(cfg) -> Optional[tuple[int, str]]:
     return (epochs[-1], osp.join(folder, f"model.pth.tar-{epochs[-1]}")) if epochs else None
 
 
-def stopped_where(cfg) -> str:
+def stopped_where(cfg, eval_only: bool = False) -> str:
     """`` after epoch 3 of 50 (saved in ...): run the same command again to resume from epoch 3``."""
+    if eval_only:
+        return " before the evaluation finished: run the same command again to evaluate"
     saved = last_saved(cfg)
     if saved is None:
         return " before the first epoch was saved: run the same command again to start it from epoch 1"
@@ -545,6 +526,7 @@ def run(cfg, args: argparse.Namespace) -> None:
 
     trainer = build_trainer(cfg)
     single_task.adopt(trainer, cfg)  # a trainer of one softmax: one task, or refused
+    stops.check()
     if args.eval_only:
         print(f"Evaluation only: results go to {cfg.OUTPUT_DIR}")
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
@@ -552,19 +534,26 @@ def run(cfg, args: argparse.Namespace) -> None:
     elif not args.no_train:
         trainer.train()
     single_task.record_results(trainer, cfg, (args.load_epoch or 0) - 1 if args.eval_only else None)
+    # A stop received before the done marker ends the run unfinished (the same command
+    # evaluates again), never half-finished; one received after it is too late to matter.
+    stops.check()
     if cfg.OUTPUT_DIR and (args.eval_only or not args.no_train):
         # Written last: a sweep skips a run only when this file exists.
         atomic_write(osp.join(cfg.OUTPUT_DIR, DONE_MARKER), "finished\n")
 
 
-if __name__ == "__main__":
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """``python train.py``: ``main``, its user errors and stops one line on stderr, then the
+    exit code (0; 1 for an error; 128 + signum for a stop), as ``SystemExit``."""
     try:
-        main()
+        main(argv)
     except USER_ERRORS as err:  # messages that say what to fix: no traceback
         sys.exit(f"error: {err}")
     except Stopped as err:
         print(err, file=sys.stderr)
         sys.exit(err.code)
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping: still no traceback
-        print("stopped by signal SIGINT: run the same command again to resume", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()

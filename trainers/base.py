@@ -30,7 +30,7 @@ from config.run_settings import effective_config
 from datasets.task_info import TaskInfo, task_info_of
 from trainers import checkpoint as ckpt_io
 from trainers import checkpoint_identity as identity
-from trainers import evaluation
+from trainers import evaluation, stops
 from trainers.backbone import check_backbone, load_clip, resolve_precision
 from trainers.checkpoint import HEAD_NAME, CheckpointError  # noqa: F401 (HEAD_NAME: for trainers)
 from trainers.losses import multitask_loss, own_task_prediction, training_columns
@@ -144,6 +144,12 @@ class MultiTaskPromptTrainer(TrainerX):
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, task_info=self.task_info)
 
     # ------------------------------------------------------------------ build
+    def build_data_loader(self) -> None:
+        """Dassl's loaders, their workers made to ignore the stop signals (trainers/stops.py)."""
+        super().build_data_loader()
+        for loader in (self.train_loader_x, self.train_loader_u, self.val_loader, self.test_loader):
+            stops.quiet_workers(loader)
+
     @classmethod
     def check_inputs(cls, cfg) -> None:
         """What ``config.check_values`` cannot check without torch, checked by train.py before
@@ -197,6 +203,7 @@ class MultiTaskPromptTrainer(TrainerX):
         return training_columns(labels, self.task_of_class, self.tcfg.SKIP_ABSENT_TASKS, rate)
 
     def forward_backward(self, batch: dict) -> dict:
+        stops.check()  # between batches: a stop resumes from the last complete epoch
         images, labels, _ = self.parse_batch_train(batch)
         columns = self.training_columns(labels)
         targets = torch.searchsorted(columns, labels)  # position of each label among the columns
@@ -347,6 +354,7 @@ class MultiTaskPromptTrainer(TrainerX):
         for name in self.get_model_names():  # the previous epoch goes once this one is whole
             ckpt_io.prune_resume_points(osp.join(self.output_dir, name), self.epoch + 1,
                                         cfg.TRAIN.CHECKPOINT_FREQ, self.max_epoch)
+        stops.check()  # this epoch is saved: a stop resumes after it
 
     def backbone_identity(self) -> dict:
         """The frozen CLIP a checkpoint was trained on: its name and a fingerprint of its weights

@@ -15,14 +15,12 @@ file, if it is not a snapshot, is removed once the new one is written whole.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import os.path as osp
 import random
 import re
-import signal
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,11 +39,6 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or from another model: the message says which."""
 
 
-# The signals that stop a run cleanly (train.py): held back while a checkpoint and its
-# pointer are written, so that a stop never falls between the two.
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n))
-
-
 # ------------------------------------------------------------------ writing
 def write_checkpoint(state: dict, folder: str, model_name: str = "") -> str:
     """``<folder>/model.pth.tar-<epoch>`` (or ``model_name``), then the pointer to it.
@@ -55,17 +48,16 @@ def write_checkpoint(state: dict, folder: str, model_name: str = "") -> str:
     """
     name = model_name or f"model.pth.tar-{state['epoch']}"
     path = osp.join(folder, name)
-    with stop_signals_held():
-        try:
-            atomic_torch_save(state, path)
-            atomic_write(osp.join(folder, POINTER), name + "\n")
-        except (OSError, RuntimeError) as err:
-            cause = storage_cause(err)
-            if cause is None:
-                raise
-            if cause.filename is None:
-                cause.filename = path
-            raise cause from None
+    try:
+        atomic_torch_save(state, path)
+        atomic_write(osp.join(folder, POINTER), name + "\n")
+    except (OSError, RuntimeError) as err:
+        cause = storage_cause(err)
+        if cause is None:
+            raise
+        if cause.filename is None:
+            cause.filename = path
+        raise cause from None
     print(f"Checkpoint saved to {path}")
     return path
 
@@ -79,19 +71,6 @@ def storage_cause(err: BaseException) -> Optional[OSError]:
         seen.add(id(err))
         err = err.__cause__ if err.__suppress_context__ else (err.__cause__ or err.__context__)
     return None
-
-
-@contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """Deliver SIGTERM/SIGINT/SIGUSR1 only after the block (POSIX; elsewhere a no-op)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def is_snapshot(epoch: int, freq: int, max_epoch: int) -> bool:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from datasets.errors import DatasetError
 from datasets.splits import image_problem
-from trainers import feature_cache
+from trainers import feature_cache, stops
 from trainers.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def split_features(model: nn.Module, loader, split: str, cfg, device: torch.devi
 
     def encode():
         for batch in tqdm(named_image_errors(ordered, split), desc=f"encoding {split} images"):
+            stops.check()  # nothing is cached until every image is encoded
             images = batch["img"].to(device)
             yield model.encode_image(images), batch["label"]
 

@@ -258,7 +258,8 @@ def rng_untouched() -> Iterator[None]:
 
 
 def ordered_loader(loader: DataLoader) -> DataLoader:
-    """The images of ``loader`` in data-source order, with its batch size and workers.
+    """The images of ``loader`` in data-source order, with its batch size and workers (and their
+    init function: trainers/stops.py's, which makes them ignore the stop signals).
 
     Its own generator gives the base seed that iterating a DataLoader draws (and
     its workers' seeds), which would otherwise come from torch's global
@@ -266,7 +267,7 @@ def ordered_loader(loader: DataLoader) -> DataLoader:
     """
     return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
                       num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                      generator=torch.Generator().manual_seed(0))
+                      worker_init_fn=loader.worker_init_fn, generator=torch.Generator().manual_seed(0))
 
 
 def compute(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:

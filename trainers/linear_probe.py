@@ -26,6 +26,7 @@ from torch import nn
 
 import config.linear_probe  # noqa: F401  (registers TRAINER.LINEAR_PROBE)
 from datasets.task_info import TaskInfo, task_info_of
+from trainers import stops
 from trainers.backbone import load_clip, resolve_precision
 from trainers.base import HEAD_NAME, MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead
 from trainers.evaluator import task_scores
@@ -110,9 +111,10 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
     def shot_loader(self):
         """The few-shot training images with the test transform (no augmentation), in order."""
         cfg = self.cfg
-        return build_data_loader(cfg, sampler_type="SequentialSampler", data_source=self.dm.dataset.train_x,
-                                 batch_size=cfg.DATALOADER.TEST.BATCH_SIZE,
-                                 tfm=build_transform(cfg, is_train=False), is_train=False)
+        return stops.quiet_workers(build_data_loader(
+            cfg, sampler_type="SequentialSampler", data_source=self.dm.dataset.train_x,
+            batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=build_transform(cfg, is_train=False),
+            is_train=False))
 
     def train(self) -> None:
         """Fit every task's classifier, save it, then evaluate like any trainer."""
@@ -121,6 +123,7 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
         x_val, y_val = self.features(self.val_loader, "val") if self.val_loader is not None else (None, None)
         info, head = self.task_info, self.model.head
         for t, (lo, hi) in enumerate(zip(info.offsets[:-1], info.offsets[1:])):
+            stops.check()  # nothing is saved until every task is fitted
             own = (y >= lo) & (y < hi)
             own_val = None if y_val is None else (y_val >= lo) & (y_val < hi)
             weight, bias, c = fit_task(
