@@ -26,7 +26,7 @@ from yacs.config import CfgNode as CN
 
 from config.plot import check_plot_cfg
 from datasets.task_info import TaskInfo
-from trainers import evaluation, feature_cache
+from trainers import evaluation, feature_cache, stops
 from trainers.base import MultiTaskPromptTrainer, PromptHead
 from trainers.local_features import local_features
 from trainers.losses import multitask_loss, own_task_prediction
@@ -182,6 +182,7 @@ class PLOT(MultiTaskPromptTrainer):
         return loss, acc
 
     def forward_backward(self, batch: dict) -> dict:
+        stops.check()  # between batches, as the base's: a stop resumes from the last whole epoch
         images, labels, _ = self.parse_batch_train(batch)
         loss, acc = self.plot_loss(images, labels)
         self.optimizer_steps({"loss": loss})
@@ -211,6 +212,7 @@ class PLOT(MultiTaskPromptTrainer):
 
         def batches():
             for i, batch in enumerate(feature_cache.ordered_loader(loader)):
+                stops.check()  # a stop between evaluation batches, as the other trainers'
                 self._eval_where = f"the {split} split's batch {i + 1}"
                 yield self.encode_local(batch["img"].to(self.device)), batch["label"].to(self.device)
 
