@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # The SoftCPT paper's whole comparison on one benchmark: every method of its table, shots
 # 1 2 4 8 16 and seeds 1 2 3, then the results table (docs/baselines.md#the-whole-table).
 #
@@ -10,8 +11,8 @@
 #              vit_b16_c4_ep10_batch1_ctxv1 for vit_b16_ep50; COCOOP_CFG overrides it)
 #
 # Runs, in order, each method's sweep script with BENCHMARK and CFG: SoftCPT NATA and NATS,
-# zero-shot CLIP, linear probe, ProtoNet, CoOp CA, CS and MT, CoCoOp, KgCoOp, ProGrad, and
-# PLOT when its script (scripts/<method>/main.sh) exists. Environment as every sweep script (SHOTS, SEEDS,
+# zero-shot CLIP, linear probe, ProtoNet, CoOp CA, CS and MT, CoCoOp, KgCoOp, ProGrad and
+# PLOT (scripts/<method>/main.sh). Environment as every sweep script (SHOTS, SEEDS,
 # DATA, OUTPUT, PYTHON, GPUS, JOBS, LAUNCHER=slurm; README.md#the-papers-protocol-on-real-data);
 # TABLE_ARGS: options for the final scripts/results.py call (e.g. "--paper").
 # Finished runs are skipped, so the same command resumes a stopped comparison. A method
@@ -27,11 +28,8 @@ fi
 
 METHODS=(
     "softcpt NATA" "softcpt NATS" "zsclip" "linear_probe" "protonet"
-    "coop CA" "coop CS" "coop MT" "cocoop" "kgcoop" "prograd"
+    "coop CA" "coop CS" "coop MT" "cocoop" "kgcoop" "prograd" "plot"
 )
-for optional in plot; do  # PLOT: run when its sweep script is in this checkout
-    [ -f "scripts/$optional/main.sh" ] && METHODS+=("$optional")
-done
 
 # Locally one table at the end, not one per method (a Slurm table job still prints its own).
 [ "${LAUNCHER:-local}" = slurm ] || export SWEEP_TABLE=0

@@ -103,9 +103,7 @@ def test_paper_table_runs_every_method_of_the_papers_table_then_one_table(fake_e
     assert done.returncode == 0, done.stderr
     folders = {c.split()[2][len(fake_env["OUTPUT"]) + 1:] for c in calls(fake_env)}
     methods = ["SoftCPT/NATA", "SoftCPT/NATS", "LinearProbeCLIP", "ProtoNet", "CoOp/CA", "CoOp/CS",
-               "CoOp/MT", "KgCoOp", "ProGrad"]
-    if os.path.isfile(os.path.join(REPO, "scripts", "plot", "main.sh")):
-        methods.append("PLOT")
+               "CoOp/MT", "KgCoOp", "ProGrad", "PLOT"]
     expected = {f"general10/{m}/rn50_ep50_{k}shots/seed1" for m in methods for k in (1, 16)}
     expected |= {f"general10/CoCoOp/rn50_c4_ep10_batch1_ctxv1_{k}shots/seed1" for k in (1, 16)}
     expected.add("general10/ZeroshotCLIP/rn50_ep50_0shots/seed1")

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # KgCoOp per task (CoOp plus the knowledge-guided term), over shots and seeds, then the
 # results table.
 #

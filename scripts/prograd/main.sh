@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # ProGrad per task (CoOp with the gradient projected against zero-shot CLIP's), over shots
 # and seeds, then the results table.
 #

@@ -1,4 +1,5 @@
 #!/bin/bash
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"  # run with sh: bash runs it (written for bash)
 # ProtoNet on CLIP image features (class prototypes of the shots, nothing trained), over
 # shots and seeds, then the results table.
 #
