@@ -525,8 +525,8 @@ def run(cfg, args: argparse.Namespace) -> None:
     print(f"** System info **\n{collect_env_info()}\n")
 
     trainer = build_trainer(cfg)
-    single_task.adopt(trainer, cfg)  # a trainer of one softmax: one task, or refused
     stops.check()
+    single_task.adopt(trainer, cfg)  # a trainer of one softmax: one task, or refused
     if args.eval_only:
         print(f"Evaluation only: results go to {cfg.OUTPUT_DIR}")
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
