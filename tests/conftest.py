@@ -154,3 +154,31 @@ def pytest_collection_modifyitems(config, items):
     def in_slurm_group(item) -> bool:
         return any(m.args[:1] == ("slurm",) for m in item.iter_markers("xdist_group"))
     items.sort(key=lambda item: not in_slurm_group(item))  # stable: the order within each part stays
+
+
+# The xdist group of the tests that share serial_toy_sweep: one worker runs it once for them.
+SERIAL_TOY_GROUP = pytest.mark.xdist_group("serial_toy_sweep")
+
+
+@pytest.fixture(scope="session")
+def serial_toy_sweep(tmp_path_factory) -> dict:
+    """A real serial sweep, ``scripts/softcpt/main.sh toy tiny NATA OPTIM.MAX_EPOCH 1`` at 1 shot,
+    seeds 1 and 2, shared by the tests that only read it (mark them SERIAL_TOY_GROUP): the
+    reference of tests/test_parallel_sweeps.py's JOBS=2 comparison, and tests/test_scripts.py's
+    main.sh run. Returns ``env`` (DATA written, no OUTPUT), ``cmd``, ``output`` and ``stdout``."""
+    import subprocess
+
+    if not HAVE_DASSL:
+        pytest.skip(DASSL_REASON)
+    tmp = tmp_path_factory.mktemp("serial_toy_sweep")
+    # One thread per run, so that the arithmetic (and so every score) is the same in a JOBS sweep.
+    env = dict(os.environ, DATA=str(tmp / "data"), SHOTS="1", SEEDS="1 2", SKIP_SETUP="1",
+               OMP_NUM_THREADS="1", PYTHON=os.environ.get("PYTHON", "python3"))
+    for key in ("GPUS", "JOBS", "LAUNCHER"):
+        env.pop(key, None)
+    cmd = ["bash", "scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1"]
+    output = tmp / "serial"
+    done = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env=dict(env, OUTPUT=str(output)), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {"env": env, "cmd": cmd, "output": output, "stdout": done.stdout}

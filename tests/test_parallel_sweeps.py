@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import needs_dassl
+from conftest import SERIAL_TOY_GROUP, needs_dassl
 from stand_ins import fake_python
 
 # Each test runs the sweep scripts (with a stand-in for train.py, or real runs): the full tier.
@@ -170,27 +170,24 @@ def without_train_minutes(text: str) -> str:
 
 
 @needs_dassl
-def test_jobs_2_gives_the_results_and_table_of_a_serial_sweep(tmp_path):
-    # One thread per run in both, so that the arithmetic (and so every score) is the same.
-    env = dict(os.environ, DATA=str(tmp_path / "data"), SHOTS="1", SEEDS="1 2", SKIP_SETUP="1",
-               OMP_NUM_THREADS="1", PYTHON=os.environ.get("PYTHON", "python3"))
-    for key in ("GPUS", "JOBS", "LAUNCHER"):
-        env.pop(key, None)
-    cmd = ["bash", "scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1"]
-    out = {}
-    for name, extra in (("serial", {}), ("jobs2", {"JOBS": "2"})):
-        done = subprocess.run(cmd, cwd=REPO, env=dict(env, OUTPUT=str(tmp_path / name), **extra),
-                              capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-2000:]
-        out[name] = done.stdout
+@SERIAL_TOY_GROUP
+def test_jobs_2_gives_the_results_and_table_of_a_serial_sweep(serial_toy_sweep, tmp_path):
+    # The serial sweep (conftest.py) runs one thread per run, as this one does, so that the
+    # arithmetic (and so every score) is the same.
+    env, serial = serial_toy_sweep["env"], serial_toy_sweep["output"]
+    done = subprocess.run(serial_toy_sweep["cmd"], cwd=REPO,
+                          env=dict(env, OUTPUT=str(tmp_path / "jobs2"), JOBS="2"),
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = {"serial": serial_toy_sweep["stdout"], "jobs2": done.stdout}
     assert out["jobs2"].count("[sweep] ended") == 2
     assert without_train_minutes(out["jobs2"][out["jobs2"].index("## toy"):]).replace(
         str(tmp_path / "jobs2"), "OUT") == \
-        without_train_minutes(out["serial"][out["serial"].index("## toy"):]).replace(str(tmp_path / "serial"), "OUT")
+        without_train_minutes(out["serial"][out["serial"].index("## toy"):]).replace(str(serial), "OUT")
     for seed in (1, 2):
         reports = []
-        for name in ("serial", "jobs2"):
-            path = (tmp_path / name / "toy" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-1" / f"seed{seed}" /
+        for folder in (serial, tmp_path / "jobs2"):
+            path = (folder / "toy" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-1" / f"seed{seed}" /
                     "results.json")
             report = json.loads(path.read_text())
             reports.append((report["score"], report["tasks"]))

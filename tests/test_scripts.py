@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import needs_dassl
+from conftest import SERIAL_TOY_GROUP, needs_dassl
 from stand_ins import fake_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,16 +292,16 @@ def test_killed_sweep_resumes_and_a_finished_sweep_only_reprints(tmp_path):
 
 
 @needs_dassl
-def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(tmp_path):
-    env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="1",
-               SEEDS="1", SKIP_SETUP="1")
-    done = sweep("scripts/softcpt/main.sh", "toy", "tiny", "NATA", "OPTIM.MAX_EPOCH", "1", env=env,
-                 timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "out" / "toy" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-1" / "seed1" /
-            "done").is_file()
-    assert "| SoftCPT/NATA OPTIM.MAX_EPOCH=1 | tiny |" in _table(done.stdout)
-    assert (tmp_path / "out" / "toy" / "summary" / "curves.png").is_file()
+@SERIAL_TOY_GROUP
+def test_softcpt_main_runs_the_toy_benchmark_and_prints_its_table(serial_toy_sweep):
+    """scripts/softcpt/main.sh toy tiny NATA OPTIM.MAX_EPOCH 1, 1 shot (conftest.py's sweep,
+    shared with tests/test_parallel_sweeps.py): runs finished, table row, curves."""
+    out = serial_toy_sweep["output"]
+    for seed in (1, 2):
+        assert (out / "toy" / "SoftCPT" / "NATA" / "tiny_1shots_OPTIM.MAX_EPOCH-1" / f"seed{seed}" /
+                "done").is_file()
+    assert "| SoftCPT/NATA OPTIM.MAX_EPOCH=1 | tiny |" in _table(serial_toy_sweep["stdout"])
+    assert (out / "toy" / "summary" / "curves.png").is_file()
 
 
 @needs_dassl
