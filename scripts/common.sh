@@ -272,6 +272,21 @@ _fill() {
     echo "${text//\{seed\}/$3}"
 }
 
+# method_sweep TRAINER [BENCHMARK] [CFG] [KEY VALUE ...]: the whole sweep of a method without
+# variants (scripts/<method>/main.sh): BENCHMARK (default toy) and CFG (default tiny), runs in
+# $OUTPUT/<BENCHMARK>/<TRAINER>/<CFG>_<K>shots[<options>]/seed<S>, then the table.
+method_sweep() {
+    local trainer=$1
+    shift
+    BENCHMARK=${1:-toy}
+    local cfg=${2:-tiny}
+    shift $(($# < 2 ? $# : 2))
+    SHOTS=${SHOTS:-"1 2 4 8 16"}
+    SEEDS=${SEEDS:-"1 2 3"}
+    sweep "$trainer" "$cfg" "$OUTPUT/$BENCHMARK/$trainer/${cfg}_{shots}shots$(options_tag "$@")/seed{seed}" "$@"
+    sweep_finish "$OUTPUT/$BENCHMARK"
+}
+
 # sweep_finish TABLE_ROOT: summary of the sweep, the results table, and exit 1 on failures.
 # With LAUNCHER=slurm, while runs are submitted or still queued, the table is left to the
 # table job (which runs this script with LAUNCHER=report).

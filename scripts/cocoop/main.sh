@@ -13,12 +13,4 @@
 # Runs: $OUTPUT/<BENCHMARK>/CoCoOp/<CFG>_<K>shots[_<KEY>-<VALUE>...]/seed<S>.
 cd "$(dirname "$0")/../.." || exit 1
 source scripts/common.sh
-
-BENCHMARK=${1:-toy}
-CFG=${2:-tiny}
-shift $(($# < 2 ? $# : 2))
-SHOTS=${SHOTS:-"1 2 4 8 16"}
-SEEDS=${SEEDS:-"1 2 3"}
-
-sweep CoCoOp "$CFG" "$OUTPUT/$BENCHMARK/CoCoOp/${CFG}_{shots}shots$(options_tag "$@")/seed{seed}" "$@"
-sweep_finish "$OUTPUT/$BENCHMARK"
+method_sweep CoCoOp "$@"
