@@ -7,8 +7,10 @@ backbone (``tiny-b16``), the image size, the epochs and the loader workers (2)
 overridden. Each attempt is a fork of this process (train.py imported once) in its own
 process group, running train.py's command line (``train.cli``). At a random moment
 (uniform between 50 ms after the fork and 4/5 of the attempt's expected length, from
-the uninterrupted run's timings and the epochs already saved; every other one within
-half an epoch of its DataLoader workers' start, while there is training left) it is
+the uninterrupted run's timings and the epochs already saved; about half of the stops
+of each kind within half an epoch of its DataLoader workers' start, while there is
+training left; a run stopped twice with only its final evaluation left is then let
+finish, so that the next run's stops reach training again) it is
 sent SIGTERM, SIGINT or SIGUSR1, alternately to its main PID alone (as
 scripts/slurm/task.sh does) and to its whole process group, DataLoader workers
 included (as scancel, preemption or a terminal's Ctrl-C do). Every signalled attempt
@@ -53,6 +55,8 @@ CONFIG = "configs/trainers/SoftCPT/vit_b16_ep50.yaml"
 EPOCHS = 2
 MIN_DELAY = 0.05  # train.py installs its handlers within milliseconds of main() starting
 STOP_TIMEOUT = 60.0  # a signalled attempt still alive after this has hung
+EVAL_STOPS = 2  # stops a chain takes in its final evaluation before it is let finish
+FINISH_WAIT = 600.0  # an attempt let finish: the wait before it counts as hung
 
 
 def command(root: str, workers: int = 2) -> list[str]:
@@ -268,15 +272,24 @@ def main() -> int:
     setup, tail = max(times[0] - epoch, 0.0), times[-1] - times[EPOCHS - 1]
     expected = check_resume.outcome(base, EPOCHS)
     stops = {"pid": 0, "group": 0}
+    with_workers = {"pid": 0, "group": 0}  # of those stops, sent while workers were alive
     rows, failures, chains, chain_diffs = [], [], 0, []
+    eval_stops = 0  # this chain's stops with every epoch saved (only the final evaluation left)
     folder = os.path.join(out, "chain0")
     limit = 3 * 2 * args.stops + 10  # a run that never stops cleanly ends the check
     while min(stops.values()) < args.stops and len(rows) < limit:
         to = "pid" if stops["pid"] <= stops["group"] else "group"
         signum = rng.choice(STOP_SIGNALS)
         saved = ckpt_io.saved_epochs(os.path.join(folder, ckpt_io.HEAD_NAME))
-        left = setup + (EPOCHS - (saved[-1] if saved else 0)) * epoch + tail  # this attempt's length
-        if stops[to] % 2 and (saved[-1] if saved else 0) < EPOCHS:  # every other one during training
+        trained = saved[-1] if saved else 0
+        left = setup + (EPOCHS - trained) * epoch + tail  # this attempt's length
+        if trained == EPOCHS and eval_stops >= EVAL_STOPS:
+            # stopped twice with only its final evaluation left: let it finish, so that the next
+            # chain's stops reach training again (on a fast machine most moments fall in the
+            # set-up, and a chain could otherwise take every remaining stop in its evaluation)
+            moment = ("after", FINISH_WAIT)
+        elif trained < EPOCHS and 2 * with_workers[to] <= stops[to]:
+            # about half of each kind of stop while its training's workers load batches
             moment = ("workers", rng.uniform(0.0, 0.5 * epoch))
         else:  # anywhere in the attempt: set-up, training, checkpoints, final evaluation (the
             # estimate's last fifth left out: fewer attempts end before their moment)
@@ -297,8 +310,10 @@ def main() -> int:
             break
         if row["code"] == 128 + signum:
             stops[to] += 1
+            with_workers[to] += bool(row["sent"] and row["workers"])
+            eval_stops += trained == EPOCHS
         if row["code"] == 0:  # the chain is finished: compare it, start the next
-            chains += 1
+            chains, eval_stops = chains + 1, 0
             chain_diffs += [f"{row['folder']}: {d}" for d in
                             check_resume.differences(check_resume.outcome(folder, EPOCHS), expected)]
             folder = os.path.join(out, f"chain{chains}")
