@@ -8,8 +8,6 @@ CLIP's full 77-token text tower one prompt at a time (tests/test_baselines.py).
 """
 from __future__ import annotations
 
-import json
-import os
 
 import pytest
 import torch
