@@ -344,14 +344,19 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
 
 
 
+def did_you_mean(name: str, valid: Sequence[str]) -> str:
+    """`` Did you mean 'X'?`` for the registered name closest to ``name``; "" for none close."""
+    near = difflib.get_close_matches(name, valid, n=1)
+    return f" Did you mean {near[0]!r}?" if near else ""
+
+
 def check_trainer(name: str) -> None:
     valid = sorted(TRAINER_REGISTRY.registered_names())
     official = translate_trainer(name) if name not in valid else None
     if official:
         raise ConfigError(official)
     if name not in valid:
-        near = difflib.get_close_matches(name, valid, n=3)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
+        hint = did_you_mean(name, valid)
         raise ConfigError(f"unknown trainer {name!r} (--trainer / TRAINER.NAME).{hint} "
                           f"Registered trainers: {valid}. See README.md#trainers.")
 
@@ -371,8 +376,7 @@ def check_dataset(name: str) -> None:
     if osp.isfile(osp.join(osp.dirname(osp.abspath(__file__)), benchmark)):
         hint = f" For the benchmark, give --dataset-config-file {benchmark} (it sets DATASET.NAME)."
     else:
-        near = difflib.get_close_matches(name, valid, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
+        hint = did_you_mean(name, valid)
     raise ConfigError(f"unknown dataset {name!r} (DATASET.NAME).{hint} Registered datasets: {valid}. "
                       "See DATASETS.md.")
 
