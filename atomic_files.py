@@ -3,7 +3,7 @@
 Everything the project writes goes through here: checkpoints, results, the
 image-feature cache (trainers/), split files and few-shot draws (datasets/).
 This is a top-level leaf module (it imports nothing of the project) so that
-datasets/ can use it without importing trainers/; ``trainers.atomic`` is the
+datasets/ can use it without importing trainers/; ``trainers.run.atomic`` is the
 same functions under the name trainers/ and scripts/ import them by.
 
 A run can be killed at any instant (preemption, ``timeout``, out of memory).
@@ -54,7 +54,7 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
-# A run's log (trainers/logs.py tees stdout into it). Here, in a leaf, so that train.py can
+# A run's log (trainers/run/logs.py tees stdout into it). Here, in a leaf, so that train.py can
 # record a config error there before torch is imported.
 LOG_NAME = "log.txt"
 

@@ -17,10 +17,10 @@ unasked: its results go to ``--output-dir`` or to ``<model-dir>/eval_<epoch>/``;
 evaluates a run that has not finished only at the epoch ``--load-epoch`` names.
 
 A run owns its output folder while it trains or evaluates (a second process into
-it stops at once, trainers/run_folder.py), refuses a folder recorded with other
+it stops at once, trainers/run/run_folder.py), refuses a folder recorded with other
 settings, and ends cleanly on SIGTERM, SIGINT (Ctrl-C) and SIGUSR1, sent to it or to its
 whole process group: the signal is recorded and acted on at the next check point (a
-training batch, an epoch's checkpoint, a batch of images evaluated; trainers/stops.py),
+training batch, an epoch's checkpoint, a batch of images evaluated; trainers/run/stops.py),
 the last complete epoch stays resumable, log.txt says where it stopped, and the exit code
 is 128 + the signal's number (docs/reliability.md#stops). Storage faults (full disk,
 read-only folder, a path that is a file) end in one line naming the path.
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first: a trainer kept outside trainers/ that registers "
-                        "itself (and its config keys), e.g. my_pkg.kgcoop; repeatable")
+                        "itself (and its config keys), e.g. my_pkg.kgcoop; repeatable (one on this "
+                        "project's shared parts imports them from trainers.parts and trainers.run)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                    help="modify config options using the command-line")
     return p
@@ -263,16 +264,16 @@ from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
 import datasets  # noqa: E402,F401  (registers the datasets)
 import trainers  # noqa: E402,F401  (registers the trainers and evaluators)
 from datasets.errors import DatasetError  # noqa: E402
-from trainers import checkpoint as ckpt_io  # noqa: E402
-from trainers import single_task  # noqa: E402
-from trainers.atomic import atomic_write  # noqa: E402
-from trainers import stops  # noqa: E402
-from trainers.backbone import WeightsError  # noqa: E402
+from trainers.parts import single_task  # noqa: E402
+from trainers.parts.backbone import WeightsError  # noqa: E402
 from trainers.plot import TransportError  # noqa: E402
-from trainers.checkpoint import CheckpointError  # noqa: E402
-from trainers.logs import open_run_log, restore_stdout, setup_logging  # noqa: E402
-from trainers.run_folder import RunBusy, check_settings, hold  # noqa: E402
-from trainers.stops import Stopped  # noqa: E402,F401  (train.Stopped: what main() raises on a stop)
+from trainers.run import checkpoint as ckpt_io  # noqa: E402
+from trainers.run import stops  # noqa: E402
+from trainers.run.atomic import atomic_write  # noqa: E402
+from trainers.run.checkpoint import CheckpointError  # noqa: E402
+from trainers.run.logs import open_run_log, restore_stdout, setup_logging  # noqa: E402
+from trainers.run.run_folder import RunBusy, check_settings, hold  # noqa: E402
+from trainers.run.stops import Stopped  # noqa: E402,F401  (train.Stopped: what main() raises on a stop)
 
 
 class StorageError(RuntimeError):
@@ -401,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     args = build_parser().parse_args(argv)
     # From here on a stop signal is only recorded; the run acts on it at its check points
-    # (trainers/stops.py, docs/reliability.md#stops), the first once the log is open.
+    # (trainers/run/stops.py, docs/reliability.md#stops), the first once the log is open.
     with stops.handled():
         try:
             import_modules(args.imports)
@@ -421,8 +422,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def owned(folder: str):
-    """The run folder's lock (trainers/run_folder.py), when there is a folder."""
-    # a stop while it waits for another host's lock ends the wait (trainers/run_folder.py)
+    """The run folder's lock (trainers/run/run_folder.py), when there is a folder."""
+    # a stop while it waits for another host's lock ends the wait (trainers/run/run_folder.py)
     return hold(folder, poll=stops.check) if folder else contextlib.nullcontext()
 
 

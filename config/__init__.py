@@ -26,18 +26,18 @@ from typing import Callable
 
 from yacs.config import CfgNode as CN
 
-# CoOp's PREC of CLIP (trainers/backbone.py applies it).
+# CoOp's PREC of CLIP (trainers/parts/backbone.py applies it).
 PRECISIONS = ("fp16", "fp32", "amp")
 # Storage dtype of the learned contexts (docs/method.md#differences-from-the-official-code).
 PARAM_DTYPES = ("fp32", "fp16")
-# Where the class name goes in a class prompt (CLASS_TOKEN_POSITION; trainers/prompt.py).
+# Where the class name goes in a class prompt (CLASS_TOKEN_POSITION; trainers/parts/prompt.py).
 POSITIONS = ("end", "middle", "front")
 # CLIP's text context: 77 tokens hold [SOS], the context, the name, "." and [EOS], so a
 # context leaves room for a one-token name with at most 77 - 4 vectors. Where the names are
-# known (trainers/prompt.py), the longest one decides.
+# known (trainers/parts/prompt.py), the longest one decides.
 CONTEXT_LENGTH = 77
 MAX_N_CTX = CONTEXT_LENGTH - 4
-# Dassl's optimizers (dassl.optim.build_optimizer) and the schedules trainers/schedule.py builds.
+# Dassl's optimizers (dassl.optim.build_optimizer) and the schedules trainers/run/schedule.py builds.
 OPTIMIZERS = ("adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw")
 SCHEDULERS = ("cosine", "single_step", "multi_step")
 WARMUP_TYPES = ("constant", "linear")
@@ -173,11 +173,11 @@ def extend_cfg(cfg: CN) -> None:
     cfg.MODEL.BACKBONE.PRETRAINED_TAG = ""
     # Name of the trainer config file (set by train.py), recorded in results.json.
     cfg.CONFIG_NAME = ""
-    # Per-task accuracies and the benchmark score (trainers/evaluator.py).
+    # Per-task accuracies and the benchmark score (trainers/parts/evaluator.py).
     cfg.TEST.EVALUATOR = "MultiTaskClassification"
     # Store the image features of every evaluated split once and read them in
     # every later run with the same backbone, precision, images and transform
-    # (trainers/feature_cache.py; exact). False encodes the images every time.
+    # (trainers/parts/feature_cache.py; exact). False encodes the images every time.
     cfg.TEST.FEATURE_CACHE = True
     # Folder of those features; "" means $SOFTCPT_CACHE/features (~/.cache/softcpt/features).
     cfg.TEST.FEATURE_CACHE_DIR = ""

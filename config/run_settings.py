@@ -2,7 +2,7 @@
 
 Checkpoints and results.json record ``effective_config``; a rerun into a folder
 whose recorded settings differ (``config_differences``) is refused
-(trainers/run_folder.py). Imports only yaml and yacs, like the rest of ``config``.
+(trainers/run/run_folder.py). Imports only yaml and yacs, like the rest of ``config``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ RUN_ONLY_KEYS = (
     "DATALOADER.NUM_WORKERS", "USE_CUDA",  # how fast, on what
     "TRAIN.PRINT_FREQ", "VERBOSE",  # how much is printed
     "TRAIN.CHECKPOINT_FREQ",  # which epochs are kept as snapshots (every epoch is resumable)
-    "TEST.FEATURE_CACHE", "TEST.FEATURE_CACHE_DIR",  # the cache is exact (trainers/feature_cache.py)
+    "TEST.FEATURE_CACHE", "TEST.FEATURE_CACHE_DIR",  # the cache is exact (trainers/parts/feature_cache.py)
     "TEST.FEATURE_CACHE_HASH",  # how it tells a changed image file: either way exact features
 )
 

@@ -35,8 +35,8 @@ from yacs.config import CfgNode as CN
 
 from config import add_context_keys, add_prompt_keys, register_config_hook
 from datasets.task_info import TaskInfo
-from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.prompt import PromptBuilder, init_context
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.prompt import PromptBuilder, init_context
 
 
 @register_config_hook

@@ -5,7 +5,7 @@
 For every file a run writes (each epoch's checkpoint and pointer, results.json,
 done) and two moments of the write (``partial``: half the bytes are in the
 temporary file; ``unrenamed``: the temporary file is complete, the rename has not
-happened), a run is SIGKILLed there (trainers/atomic.py's fault injection), then
+happened), a run is SIGKILLed there (trainers/run/atomic.py's fault injection), then
 run again in the same folder with the same command until it finishes. Its last
 checkpoint (every entry: parameters, optimizer state and param_groups, scheduler state,
 random states) and results.json are compared bit for bit with an uninterrupted run
@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import train  # noqa: E402  (imported once; every attempt is a fork of this process)
-from trainers.atomic import KILL_ENV  # noqa: E402
+from trainers.run.atomic import KILL_ENV  # noqa: E402
 
 STAGES = ("partial", "unrenamed")
 

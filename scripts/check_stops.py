@@ -45,8 +45,8 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import check_resume  # noqa: E402
 import train  # noqa: E402  (imported once; every attempt is a fork of this process)
-from trainers import checkpoint as ckpt_io  # noqa: E402
-from trainers.stops import STOP_SIGNALS  # noqa: E402
+from trainers.run import checkpoint as ckpt_io  # noqa: E402
+from trainers.run.stops import STOP_SIGNALS  # noqa: E402
 
 # torch's environment report runs `pip list` (seconds per attempt) and only prints.
 train.collect_env_info = lambda: "(not collected by scripts/check_stops.py)"

@@ -36,8 +36,8 @@ sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
-from trainers import interpret  # noqa: E402
-from trainers.atomic import atomic_write  # noqa: E402
+from trainers.parts import interpret  # noqa: E402
+from trainers.run.atomic import atomic_write  # noqa: E402
 
 DOCS = "docs/prompts.md#nearest-words"
 CONFIG_KEY = re.compile(r"^( *)([A-Za-z0-9_]+):(?: (.*))?$")
@@ -86,8 +86,8 @@ def _config_block(path: str) -> dict[str, str]:
 
 def find_checkpoint(target: str, epoch: Optional[int]) -> tuple[str, str]:
     """(checkpoint path, run folder) for a run folder or a checkpoint file."""
-    from trainers import checkpoint as ckpt_io
-    from trainers.base import HEAD_NAME
+    from trainers.parts.base import HEAD_NAME
+    from trainers.run import checkpoint as ckpt_io
     if osp.isfile(target):
         folder = osp.dirname(osp.abspath(target))
         run_dir = osp.dirname(folder) if osp.basename(folder) == HEAD_NAME else folder
@@ -108,9 +108,9 @@ def find_checkpoint(target: str, epoch: Optional[int]) -> tuple[str, str]:
 
 
 def read_state(path: str) -> dict:
-    """The checkpoint as this project, CoOp or Dassl wrote it (``trainers.checkpoint.load_file``:
+    """The checkpoint as this project, CoOp or Dassl wrote it (``trainers.run.checkpoint.load_file``:
     a warm-up scheduler's pickled successor is read, no other class)."""
-    from trainers import checkpoint as ckpt_io
+    from trainers.run import checkpoint as ckpt_io
     try:
         ckpt = ckpt_io.load_file(path)
     except ckpt_io.UnexpectedClassError as err:
@@ -212,8 +212,8 @@ def regenerate(saved: dict, ckpt: dict, clip_model) -> tuple[torch.Tensor, Optio
 
     from datasets.task_info import TaskInfo
     from config import extend_cfg
+    from trainers.parts.text_encoder import TextEncoder
     from trainers.softcpt import SoftCPTHead
-    from trainers.text_encoder import TextEncoder
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -263,7 +263,7 @@ def main(argv: Optional[list[str]] = None) -> str:
                              "(e.g. RN50, ViT-B/16, or the checkpoint file of the CLIP the run used)")
     tag = "" if args.backbone else config.get("MODEL.BACKBONE.PRETRAINED_TAG", "")
 
-    from trainers.backbone import load_clip
+    from trainers.parts.backbone import load_clip
     try:
         clip_model = load_clip(backbone, tag, "fp32", "cpu")
     except (RuntimeError, ValueError, OSError) as err:

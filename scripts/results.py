@@ -96,7 +96,7 @@ TASK_LINE = re.compile(r"\* task: \d+ \((?P<key>[^:)]+)(?::[^\t]*)?\).*(?:\tmetr
 ARGUMENT = re.compile(r"^(trainer|config_file|seed): (.*)$")
 NUM_SHOTS = re.compile(r"^\s*NUM_SHOTS: (-?\d+)$")
 # The line that opens an evaluation and names its split: Dassl 0.6's "Evaluate on the *test*
-# set" (this project's test loop prints the same, trainers/evaluation.py), older Dassl's (CoOp's
+# set" (this project's test loop prints the same, trainers/parts/evaluation.py), older Dassl's (CoOp's
 # logs) "Do evaluation on test set". Only a test split's "=> result" is a run's result: the
 # validation of TEST.FINAL_MODEL best_val prints one after every epoch.
 EVALUATE = re.compile(r"^(?:Evaluate on the \*(?P<split>\w+)\* set|Do evaluation on (?P<old>\w+) set)")
@@ -183,7 +183,7 @@ def read_results_json(path: str) -> tuple[Optional[float], dict, dict]:
 
 
 def run_costs(report: dict) -> dict:
-    """params, train_seconds and device as results.json records them (trainers/evaluation.py,
+    """params, train_seconds and device as results.json records them (trainers/parts/evaluation.py,
     ``run_costs``); None for each one it does not record or records as something unusable."""
     params, seconds, device = (report.get(k) for k in ("learnable_params", "train_seconds", "train_device"))
     return {"params": params if _is_number(params) and int(params) == params and params >= 0 else None,

@@ -16,7 +16,7 @@ import torch
 HAVE_DASSL = importlib.util.find_spec("dassl") is not None
 DASSL_REASON = "Dassl is not installed"
 needs_dassl = pytest.mark.skipif(not HAVE_DASSL, reason=DASSL_REASON)
-BACKBONES = ("tiny", "tiny-b16")  # the test CLIPs (trainers/backbone.py); fixture any_clip
+BACKBONES = ("tiny", "tiny-b16")  # the test CLIPs (trainers/parts/backbone.py); fixture any_clip
 SLURM_REASON = "no local Slurm cluster"  # tests/test_slurm.py's skip: no root, or Slurm not installed
 # CI sets this so that a machine without Dassl, or without the Slurm it installs, fails
 # instead of passing on skips: a skip whose reason starts with one of these is a failure there.
@@ -82,7 +82,7 @@ def toy_root(tmp_path_factory):
 def project_logging_reset():
     """Undo train.main's logging set-up after each test, so caplog sees records in any order."""
     yield
-    logs = sys.modules.get("trainers.logs")
+    logs = sys.modules.get("trainers.run.logs")
     if logs is None:
         return
     for name in logs.PROJECT_LOGGERS:
@@ -95,14 +95,14 @@ def project_logging_reset():
 @pytest.fixture(scope="session")
 def tiny_clip(softcpt_cache):
     """The tiny CLIP in fp32, frozen (shared: do not modify it in a test)."""
-    from trainers.backbone import load_clip
+    from trainers.parts.backbone import load_clip
     return load_clip("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_b16_clip(softcpt_cache):
     """ViT-B/16's structure at small size (4 heads, 3 layers), fp32, frozen (shared: do not modify)."""
-    from trainers.backbone import load_clip
+    from trainers.parts.backbone import load_clip
     return load_clip("tiny-b16")
 
 

@@ -126,7 +126,7 @@ def test_no_second_atomic_writer():
 
 
 def test_trainers_atomic_is_the_same_writer():
-    from trainers import atomic
+    from trainers.run import atomic
     assert atomic.atomic_write is atomic_files.atomic_write
     assert atomic.atomic_torch_save is atomic_files.atomic_torch_save
     assert atomic.KILL_ENV == atomic_files.KILL_ENV

@@ -8,8 +8,8 @@ import open_clip
 import pytest
 import torch
 
-from trainers import backbone
-from trainers.backbone import COOP_TO_OPENCLIP, load_clip, resolve_precision, tiny_checkpoint
+from trainers.parts import backbone
+from trainers.parts.backbone import COOP_TO_OPENCLIP, load_clip, resolve_precision, tiny_checkpoint
 
 
 @pytest.mark.parametrize("name", ["RN50", "RN101", "ViT-B/32", "ViT-B/16", "ViT-L/14"])
@@ -30,7 +30,7 @@ def test_random_weights_build_the_named_architecture():
 def test_tiny_is_written_once_and_loaded_like_real_weights(softcpt_cache, caplog):
     path = tiny_checkpoint()
     mtime = os.path.getmtime(path)
-    with caplog.at_level(logging.WARNING, logger="trainers.backbone"):
+    with caplog.at_level(logging.WARNING, logger="trainers.parts.backbone"):
         a = load_clip("tiny")
     assert "accuracies mean nothing" in caplog.text
     assert os.path.getmtime(tiny_checkpoint()) == mtime
@@ -95,7 +95,7 @@ def test_openclip_model_needs_a_pretrained_tag():
 
 
 def test_fp16_and_amp_fall_back_to_fp32_on_cpu(caplog):
-    with caplog.at_level(logging.WARNING, logger="trainers.backbone"):
+    with caplog.at_level(logging.WARNING, logger="trainers.parts.backbone"):
         assert resolve_precision("fp16", "cpu") == "fp32"
         assert resolve_precision("amp", "cpu") == "fp32"
     assert "needs a GPU" in caplog.text

@@ -25,11 +25,11 @@ import train  # noqa: E402
 from config import extend_cfg  # noqa: E402
 from config.coop import check_coop_cfg  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.cocoop import CoCoOp, CoCoOpHead  # noqa: E402
 from trainers.coop import CoOpHead  # noqa: E402
 from trainers.linear_probe import fit_task  # noqa: E402
-from trainers.prompt import tokenize  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.prompt import tokenize  # noqa: E402
 from trainers.zsclip import TemplateHead  # noqa: E402
 
 BASELINES = ("ZeroshotCLIP", "CoOp", "CoCoOp", "LinearProbeCLIP")

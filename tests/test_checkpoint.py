@@ -13,11 +13,11 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 from dassl.engine import TrainerBase  # noqa: E402
 
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers.base import MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead  # noqa: E402
-from trainers import checkpoint as ckpt_io  # noqa: E402
-from trainers.checkpoint import CheckpointError  # noqa: E402
-from trainers.logs import setup_logging  # noqa: E402
-from trainers.prompt import PromptBuilder, init_context  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead  # noqa: E402
+from trainers.parts.prompt import PromptBuilder, init_context  # noqa: E402
+from trainers.run import checkpoint as ckpt_io  # noqa: E402
+from trainers.run.checkpoint import CheckpointError  # noqa: E402
+from trainers.run.logs import setup_logging  # noqa: E402
 
 INFO = TaskInfo(("a", "b"), ("colour", "shape"), (("red", "blue"), ("circle",)),
                 ("overall_acc", "mean_acc"))
@@ -194,7 +194,7 @@ def test_resume_skips_damaged_files_with_warnings_and_restores_random_states(tin
 
 
 def test_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from trainers import atomic
+    from trainers.run import atomic
     target = tmp_path / "results.json"
     target.write_text("old")
 

@@ -1,4 +1,4 @@
-"""A checkpoint's life cycle (trainers/checkpoint.py: run_record, save, resume, restore_run_state,
+"""A checkpoint's life cycle (trainers/run/checkpoint.py: run_record, save, resume, restore_run_state,
 load) on a tiny module with a recording optimizer and scheduler: no trainer, no training run."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainers import checkpoint as ckpt_io
+from trainers.run import checkpoint as ckpt_io
 
 CPU = torch.device("cpu")
 
@@ -31,7 +31,7 @@ class Recorder:
 @pytest.fixture
 def warnings(caplog):
     logging.disable(logging.NOTSET)  # Dassl disables WARNING records when imported
-    with caplog.at_level(logging.WARNING, logger="trainers.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="trainers.run.checkpoint"):
         yield caplog
 
 

@@ -1,4 +1,4 @@
-"""Does a checkpoint belong to this run (trainers/checkpoint_identity.py)? Trainer and variant,
+"""Does a checkpoint belong to this run (trainers/run/checkpoint_identity.py)? Trainer and variant,
 backbone fingerprint, parameters, classes, tasks and shapes, on a tiny head: no trainer."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from datasets.task_info import TaskInfo
-from trainers.backbone import TINY, build_tiny_clip, load_clip, tiny_checkpoint
-from trainers.checkpoint import CheckpointError
-from trainers.checkpoint_identity import backbone_identity, check_compatible, legacy_weights
-from trainers.feature_cache import weights_fingerprint
-from trainers.text_encoder import TextEncoder
+from trainers.parts.backbone import TINY, build_tiny_clip, load_clip, tiny_checkpoint
+from trainers.parts.feature_cache import weights_fingerprint
+from trainers.parts.text_encoder import TextEncoder
+from trainers.run.checkpoint import CheckpointError
+from trainers.run.checkpoint_identity import backbone_identity, check_compatible, legacy_weights
 
 INFO = TaskInfo(("a", "b"), ("colour", "shape"), (("red", "blue"), ("circle",)),
                 ("overall_acc", "mean_acc"))
@@ -171,7 +171,7 @@ def test_an_older_checkpoints_fingerprint_is_accepted_for_the_same_weights_in_an
     legacy = lambda: legacy_weights(TINY_CFG)  # noqa: E731
     for trained in ("fp16", "fp32"):  # a GPU fp16 run; a CPU or amp run
         old = {"name": TINY, "pretrained_tag": "", "weights": old_fingerprint(loaded(trained))}
-        with caplog.at_level(logging.INFO, logger="trainers.checkpoint_identity"):
+        with caplog.at_level(logging.INFO, logger="trainers.run.checkpoint_identity"):
             caplog.clear()
             check_compatible(ckpt(backbone=old), "p", OWN, lambda: own, Head(), INFO, legacy=legacy)
         assert f"loaded in {trained}): the same weights as this run's" in caplog.text

@@ -1,4 +1,4 @@
-"""The parts of ``datasets`` that must work without Dassl."""
+"""The parts of ``datasets`` and ``trainers`` that must work without Dassl."""
 from __future__ import annotations
 
 import subprocess
@@ -13,6 +13,17 @@ def test_task_info_config_and_toy_import_without_dassl():
     code = ("import sys; sys.modules['dassl'] = None\n"
             "import datasets, datasets.task_info, config.dataset, datasets.toy\n"
             "assert 'datasets.multitask' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_trainers_dassl_free_parts_import_without_dassl():
+    """With Dassl missing, ``import trainers`` registers nothing and fails nothing, and the
+    Dassl-free parts (trainers/parts/, trainers/run/) import under their own paths."""
+    code = ("import sys; sys.modules['dassl'] = None\n"
+            "import trainers\n"
+            "from trainers.parts import backbone, prompt, text_encoder, losses, feature_cache\n"
+            "from trainers.run import schedule, checkpoint, run_folder, logs, stops\n"
+            "assert 'trainers.coop' not in sys.modules and 'trainers.parts.base' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

@@ -1,4 +1,4 @@
-"""How a trainer evaluates (trainers/evaluation.py): the image-feature source, the class text
+"""How a trainer evaluates (trainers/parts/evaluation.py): the image-feature source, the class text
 features held for one evaluation, Dassl's test loop on features, results.json. A tiny linear
 image encoder and a fake evaluator: no CLIP, no trainer, no training run."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
-from trainers import evaluation
+from trainers.parts import evaluation
 
 IMAGES = torch.arange(7 * 4, dtype=torch.float32).reshape(7, 4).sin()  # 7 "images" of 4 pixels
 LABELS = [0, 2, 1, 1, 0, 2, 1]
@@ -107,7 +107,7 @@ def test_features_are_encoded_once_then_read_from_the_cache(tmp_path):
 def test_a_random_transform_is_encoded_every_time_and_never_stored(tmp_path, caplog):
     logging.disable(logging.NOTSET)  # Dassl disables WARNING records when imported
     model = Encoder()
-    with caplog.at_level(logging.WARNING, logger="trainers.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="trainers.parts.evaluation"):
         evaluation.split_features(model, loader(tmp_path, T.RandomHorizontalFlip()), "val",
                                   config(tmp_path), torch.device("cpu"), "fp32")
     assert "The val transform is random: its image features are not cached." in caplog.text
@@ -213,7 +213,7 @@ def config_for_costs():
 
 
 def test_a_resumed_run_goes_on_from_the_recorded_training_time():
-    from trainers.base import resumed_train_time
+    from trainers.parts.base import resumed_train_time
     assert resumed_train_time({"seconds": 30.0, "device": "cpu"}, {"seconds": 0.0, "device": "cpu"}) == \
         {"seconds": 30.0, "device": "cpu"}
     assert resumed_train_time({"seconds": 30.0, "device": "cpu"}, {"seconds": 0.0, "device": "NVIDIA H100"}) \

@@ -1,4 +1,4 @@
-"""The multi-task evaluator (trainers/evaluator.py) and a trainer's test(): an image is predicted
+"""The multi-task evaluator (trainers/parts/evaluator.py) and a trainer's test(): an image is predicted
 among its own task's classes only (docs/method.md#forward-pass), whatever the other tasks'
 logits are."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ from yacs.config import CfgNode as CN
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers import evaluation  # noqa: E402
-from trainers.evaluator import MultiTaskClassification  # noqa: E402
+from trainers.parts import evaluation  # noqa: E402
+from trainers.parts.evaluator import MultiTaskClassification  # noqa: E402
 
 # Task "a" owns global labels 0-1, task "b" labels 2-4.
 TASKS = TaskInfo(keys=("a", "b"), names=("task a", "task b"),
@@ -48,7 +48,7 @@ def test_each_image_is_predicted_among_its_own_tasks_classes_only():
 
 
 def test_the_test_loop_predicts_within_each_images_task_across_batches(capsys):
-    """Through Dassl's test loop on features (trainers/evaluation.py), batches mixing tasks."""
+    """Through Dassl's test loop on features (trainers/parts/evaluation.py), batches mixing tasks."""
     data = DataLoader(list(range(len(LABELS))), batch_size=2)
     ev = evaluator()
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers import feature_cache as fc
+from trainers.parts import feature_cache as fc
 
 
 @pytest.fixture
 def log(caplog):
     """The cache's records (its logger may not propagate once train.main has set up logging)."""
-    logger = logging.getLogger("trainers.feature_cache")
+    logger = logging.getLogger("trainers.parts.feature_cache")
     logger.addHandler(caplog.handler)
     old = logger.level
     logger.setLevel(logging.INFO)
@@ -741,7 +741,7 @@ def test_trainer_overriding_only_model_inference_keeps_its_image_loop(toy_root, 
 
     trainer = zero_shot_trainer(toy_root, tmp_path, "TEST.FEATURE_CACHE_DIR", str(tmp_path / "features"))
     trainer.__class__ = ImageOnly
-    logger = logging.getLogger("trainers.base")
+    logger = logging.getLogger("trainers.parts.base")
     logger.addHandler(caplog.handler)
     try:
         trainer.test()

@@ -180,7 +180,7 @@ def test_a_prompt_over_77_tokens_names_the_key_and_the_class():
     """Where the class names are known (the head is built), the longest one decides."""
     import torch
 
-    from trainers.prompt import PromptBuilder
+    from trainers.parts.prompt import PromptBuilder
     embedding = torch.nn.Embedding(49408, 8)
     PromptBuilder(["cat", "dog"], 73, embedding, key="TRAINER.COOP.N_CTX")  # 1 + 73 + 2 + 1 = 77
     name = "a very long class name indeed"  # 6 tokens, and '.'

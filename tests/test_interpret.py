@@ -1,5 +1,5 @@
 """Reading learned prompts: nearest words (scripts/interpret_prompt.py), generated contexts and the
-task-similarity matrix (trainers/interpret.py)."""
+task-similarity matrix (trainers/parts/interpret.py)."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +16,7 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 
 from coop_files import write_coop_checkpoint  # noqa: E402
-from trainers import interpret  # noqa: E402
+from trainers.parts import interpret  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -41,7 +41,7 @@ def clip_loads(monkeypatch, tiny_clip):
     def fake(name, tag="", precision="fp32", device="cpu", pretrained=True):
         asked.append((name, tag))
         return tiny_clip
-    monkeypatch.setattr("trainers.backbone.load_clip", fake)
+    monkeypatch.setattr("trainers.parts.backbone.load_clip", fake)
     return asked
 
 

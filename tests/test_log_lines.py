@@ -15,8 +15,8 @@ from yacs.config import CfgNode as CN  # noqa: E402
 
 from datasets.task_info import TaskInfo  # noqa: E402
 from scripts import results  # noqa: E402
-from trainers.evaluator import MultiTaskClassification  # noqa: E402
-from trainers.logs import open_run_log, restore_stdout  # noqa: E402
+from trainers.parts.evaluator import MultiTaskClassification  # noqa: E402
+from trainers.run.logs import open_run_log, restore_stdout  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,7 @@ def write_log(tmp_path) -> str:
     previous = sys.stdout
     open_run_log(str(tmp_path))
     try:
-        print("Evaluate on the *test* set")  # as the test loop does (trainers/evaluation.py)
+        print("Evaluate on the *test* set")  # as the test loop does (trainers/parts/evaluation.py)
         evaluator.process(logits, torch.from_numpy(y_true))
         evaluator.evaluate()
     finally:

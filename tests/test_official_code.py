@@ -195,7 +195,7 @@ def official_parser(text: str) -> tuple[list[float], list[float]]:
 
 @needs_dassl
 def test_both_parsers_find_the_result_in_our_log(tmp_path):
-    from trainers.logs import open_run_log, restore_stdout
+    from trainers.run.logs import open_run_log, restore_stdout
 
     previous = sys.stdout
     open_run_log(str(tmp_path))

@@ -28,12 +28,12 @@ from config.prograd import check_prograd_cfg  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
 from trainers import kgcoop as kgcoop_module  # noqa: E402
 from trainers import prograd as prograd_module  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.kgcoop import KgCoOp, knowledge_guided_term  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.prompt import tokenize  # noqa: E402
+from trainers.parts.text_encoder import PREFIX_CHUNK  # noqa: E402
 from trainers.prograd import ProGrad, distillation_loss, project_conflicting, template_context  # noqa: E402
-from trainers.prompt import tokenize  # noqa: E402
 from trainers.protonet import class_prototypes  # noqa: E402
-from trainers.text_encoder import PREFIX_CHUNK  # noqa: E402
 
 PET = "a photo of a {}, a type of pet."
 ONE_TASK = TaskInfo.single("pets", ("sea lion", "golden retriever", "cat", "hamster"), template=PET)

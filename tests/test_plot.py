@@ -24,10 +24,10 @@ from test_text_speedups import TASKS_MANY  # noqa: E402
 from config import ConfigError, extend_cfg  # noqa: E402
 from config.plot import check_plot_cfg  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
-from trainers.local_features import local_features  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.local_features import local_features  # noqa: E402
+from trainers.parts.text_encoder import PREFIX_CHUNK  # noqa: E402
 from trainers.plot import PLOT, PLOTHead, TransportError, sinkhorn  # noqa: E402
-from trainers.text_encoder import PREFIX_CHUNK  # noqa: E402
 
 N_PROMPTS, N_CTX = 4, 3
 

@@ -118,7 +118,7 @@ def test_a_log_gives_only_its_test_result_never_a_validation_one(tmp_path):
 
 
 def test_costs_are_read_per_run_and_old_runs_leave_them_blank(tmp_path):
-    """#params and train min: from results.json (trainers/evaluation.py, run_costs)."""
+    """#params and train min: from results.json (trainers/parts/evaluation.py, run_costs)."""
     toy = tmp_path / "toy"
     for seed, seconds, device in ((1, 60.0, "cpu"), (2, 180.0, "cpu")):
         write_ours(toy / "CoOp" / "CA" / "tiny_1shots" / f"seed{seed}", 50.0, trainer="CoOp", seed=seed)

@@ -5,7 +5,7 @@ must end with the same checkpoint (learned parameters, optimizer state and
 param_groups, scheduler state, random states: every entry, on both sides) and
 results.json as the uninterrupted run, bit for bit (scripts/check_resume.py's
 comparison, itself tested below). The last test kills a run during
-each kind of write (fault injection in trainers/atomic.py) and reruns it until
+each kind of write (fault injection in trainers/run/atomic.py) and reruns it until
 it finishes.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 
 import train  # noqa: E402
 from scripts.check_resume import differences, outcome as run_outcome, tree_differences  # noqa: E402
-from trainers import checkpoint as ckpt_io  # noqa: E402
-from trainers.atomic import KILL_ENV  # noqa: E402
-from trainers.schedule import build_lr_scheduler  # noqa: E402
+from trainers.run import checkpoint as ckpt_io  # noqa: E402
+from trainers.run.atomic import KILL_ENV  # noqa: E402
+from trainers.run.schedule import build_lr_scheduler  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4

@@ -8,7 +8,7 @@ overridden for CPU. None of these files sets TRAIN.CHECKPOINT_FREQ, so before
 every epoch was saved a killed run restarted from epoch 0. Per config, one
 subprocess runs three forked attempts of train.py (scripts/check_resume.py's
 ``attempt``): an uninterrupted run; a run SIGKILLed while it writes the
-checkpoint of epoch k + 1 (trainers/atomic.py's fault injection), which leaves
+checkpoint of epoch k + 1 (trainers/run/atomic.py's fault injection), which leaves
 epoch k as the newest complete one; and the same command again, which must
 resume from epoch k and end with the uninterrupted run's parameters, optimizer
 state and results.json, bit for bit (check_resume.differences).
@@ -28,13 +28,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import check_resume  # noqa: E402
-from trainers import checkpoint as ckpt_io  # noqa: E402
+from trainers.run import checkpoint as ckpt_io  # noqa: E402
 
 EPOCHS = 3
 
 # best_val evaluates the val split after every epoch through the image-feature cache: the
 # uninterrupted run encodes it cold, the killed and resumed runs read it warm, and a cache
-# miss leaves the training random state alone (trainers/feature_cache.py), so all agree.
+# miss leaves the training random state alone (trainers/parts/feature_cache.py), so all agree.
 BEST_VAL = ["TEST.FINAL_MODEL", "best_val"]
 
 # (trainer, config file, backbone, extra options, k = the last complete epoch when killed)

@@ -1,4 +1,4 @@
-"""The run folder's lock after a node failure (trainers/run_folder.py, issue 25 point 2).
+"""The run folder's lock after a node failure (trainers/run/run_folder.py, issue 25 point 2).
 
 "Another host" is simulated the way a shared file system shows it: another process holds
 the lock (filelock, as train.py takes it) and the owner record names another host, or a
@@ -16,7 +16,7 @@ import time
 import pytest
 
 from config import ConfigError
-from trainers import run_folder
+from trainers.run import run_folder
 
 # Takes the lock, writes the owner record (``{pid}``: its own), says so, holds it for argv[3] s.
 HOLDER = """

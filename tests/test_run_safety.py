@@ -19,13 +19,13 @@ import torch
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 import train  # noqa: E402
-from trainers import checkpoint as ckpt_io  # noqa: E402
-from trainers import run_folder  # noqa: E402
+from trainers.run import checkpoint as ckpt_io  # noqa: E402
+from trainers.run import run_folder  # noqa: E402
 from config import ConfigError  # noqa: E402
 from config.run_settings import config_differences  # noqa: E402
-from trainers.backbone import build_tiny_clip, load_clip, tiny_checkpoint  # noqa: E402
-from trainers.feature_cache import weights_fingerprint  # noqa: E402
-from trainers.text_encoder import TextEncoder  # noqa: E402
+from trainers.parts.backbone import build_tiny_clip, load_clip, tiny_checkpoint  # noqa: E402
+from trainers.parts.feature_cache import weights_fingerprint  # noqa: E402
+from trainers.parts.text_encoder import TextEncoder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["--seed", "1", "--trainer", "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml",
@@ -271,7 +271,7 @@ def test_a_read_only_output_folder_is_a_one_line_error(toy_root, tmp_path, monke
 # ------------------------------------------------------------------ slow: two processes, signals
 HOLDER = """
 import sys, time
-from trainers.run_folder import hold
+from trainers.run.run_folder import hold
 with hold(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(120)

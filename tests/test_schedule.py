@@ -7,7 +7,7 @@ import pytest
 import torch
 from yacs.config import CfgNode as CN
 
-from trainers.schedule import build_lr_scheduler
+from trainers.run.schedule import build_lr_scheduler
 
 
 def optim_cfg(**kw) -> CN:

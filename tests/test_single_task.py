@@ -1,6 +1,6 @@
 """Single-task Dassl trainers on a benchmark: refused, or run per task and merged
-(trainers/single_task.py, scripts/per_task/main.sh, scripts/merge_tasks.py), and Dassl's
-warm-up scheduler on the pinned PyTorch (trainers/dassl_compat.py)."""
+(trainers/parts/single_task.py, scripts/per_task/main.sh, scripts/merge_tasks.py), and Dassl's
+warm-up scheduler on the pinned PyTorch (trainers/run/dassl_compat.py)."""
 from __future__ import annotations
 
 import csv
@@ -39,7 +39,7 @@ def test_dassl_warmup_scheduler_builds_and_steps(kind):
     from dassl.optim import build_lr_scheduler
 
     import trainers  # noqa: F401  (the run-time fix)
-    from trainers.dassl_compat import patch_warmup_scheduler, torch_takes_verbose
+    from trainers.run.dassl_compat import patch_warmup_scheduler, torch_takes_verbose
 
     optim = get_cfg_default().OPTIM
     optim.defrost()

@@ -19,8 +19,8 @@ from conftest import on_backbones  # noqa: E402
 from yacs.config import CfgNode as CN  # noqa: E402
 
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
-from trainers.losses import multitask_loss, training_columns  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.losses import multitask_loss, training_columns  # noqa: E402
 from config.softcpt import VARIANTS, add_softcpt_config, check_softcpt_cfg, resolve_variant  # noqa: E402
 from trainers.softcpt import SoftCPTHead  # noqa: E402
 
@@ -180,7 +180,7 @@ def test_generated_contexts_per_task_are_the_mean_over_the_tasks_classes(any_cli
     """What generated_contexts.pt and interpret_prompt.py report: per class c_tj = G(x_tj) for the
     class-aware variants and, per task, their plain mean over the task's classes (3 and 4 classes
     here, so a sum, another task's classes or a single class differ); c_t = G(f_t) for NA."""
-    from trainers.text_encoder import TextEncoder
+    from trainers.parts.text_encoder import TextEncoder
     head, node = build(any_clip, *case_opts(case))
     with torch.no_grad():
         per_task, per_class = head.generated_contexts(TextEncoder(any_clip))
@@ -333,7 +333,7 @@ def test_checkpoint_per_class_context_refuses_other_classes(tiny_clip, tmp_path)
     """CSTA: the per-class Q fails clearly on other classes; NATA loads into any benchmark."""
     from dassl.engine import TrainerBase
 
-    from trainers.base import MultiTaskPromptTrainer
+    from trainers.parts.base import MultiTaskPromptTrainer
 
     def bare(info, variant):
         trainer = MultiTaskPromptTrainer.__new__(MultiTaskPromptTrainer)

@@ -15,7 +15,7 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 from fixtures_data import write_image_folder  # noqa: E402
 
 import train  # noqa: E402
-from trainers.checkpoint import CheckpointError  # noqa: E402
+from trainers.run.checkpoint import CheckpointError  # noqa: E402
 
 TOY = "configs/datasets/toy.yaml"
 TINY = "configs/trainers/SoftCPT/tiny.yaml"

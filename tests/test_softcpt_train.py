@@ -13,8 +13,8 @@ from dassl.utils import set_random_seed  # noqa: E402
 
 import train  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
-from trainers.losses import multitask_loss, training_columns  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.losses import multitask_loss, training_columns  # noqa: E402
 from trainers.softcpt import SoftCPTHead  # noqa: E402
 
 TOY = "configs/datasets/toy.yaml"

@@ -1,4 +1,4 @@
-"""Stops as flags (trainers/stops.py): a stop signal is recorded, acted on at check points,
+"""Stops as flags (trainers/run/stops.py): a stop signal is recorded, acted on at check points,
 and DataLoader workers ignore it.
 
 The slow test runs scripts/check_stops.py on the paper config (SoftCPT's vit_b16_ep50.yaml,
@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
-from trainers import feature_cache, stops  # noqa: E402
+from trainers.parts import feature_cache  # noqa: E402
+from trainers.run import stops  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.prompt import PromptBuilder, embed_words, init_context, num_tokens, tokenize
-from trainers.text_encoder import TextEncoder
+from trainers.parts.prompt import PromptBuilder, embed_words, init_context, num_tokens, tokenize
+from trainers.parts.text_encoder import TextEncoder
 
 NAMES = ["dog", "sea_lion", "golden retriever puppy", "a"]
 

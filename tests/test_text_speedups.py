@@ -22,13 +22,13 @@ pytest.importorskip("dassl", reason="Dassl is not installed")
 from conftest import on_backbones  # noqa: E402
 from config.softcpt import VARIANT_KEYS, VARIANTS  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers import text_encoder  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
 from trainers.coop import CoOpHead  # noqa: E402
-from trainers.losses import multitask_loss, own_task_prediction  # noqa: E402
-from trainers.prompt import PromptBuilder, init_context, num_tokens  # noqa: E402
+from trainers.parts import text_encoder  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.losses import multitask_loss, own_task_prediction  # noqa: E402
+from trainers.parts.prompt import PromptBuilder, init_context, num_tokens  # noqa: E402
+from trainers.parts.text_encoder import PREFIX_CHUNK, TextEncoder  # noqa: E402
 from trainers.softcpt import SoftCPTHead  # noqa: E402
-from trainers.text_encoder import PREFIX_CHUNK, TextEncoder  # noqa: E402
 
 LONG = "very long ceremonial ancient hand painted porcelain tea cup with golden rim"
 TASKS = TaskInfo(keys=("plants", "pets", "things"), names=("plant disease", "pet breed", "object"),

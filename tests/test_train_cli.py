@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("dassl", reason="Dassl is not installed")
 
 import train  # noqa: E402
-from trainers.logs import restore_stdout, setup_logging  # noqa: E402
+from trainers.run.logs import restore_stdout, setup_logging  # noqa: E402
 
 # A dataset for the runs that stop before building it (train.py checks DATASET.NAME first).
 TOY = ["--dataset-config-file", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

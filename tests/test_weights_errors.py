@@ -1,5 +1,5 @@
 """A weights file or a download that fails ends in one line naming the file and the fix, before
-any traceback, and never with advice to load a file unsafely (trainers/backbone.py,
+any traceback, and never with advice to load a file unsafely (trainers/parts/backbone.py,
 scripts/download_splits.py)."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainers import backbone
-from trainers.backbone import WeightsError, load_clip, tiny_checkpoint
+from trainers.parts import backbone
+from trainers.parts.backbone import WeightsError, load_clip, tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -25,8 +25,8 @@ from yacs.config import CfgNode as CN
 
 from config.cocoop import check_cocoop_cfg
 from datasets.task_info import TaskInfo
-from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.prompt import PromptBuilder, init_context
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.prompt import PromptBuilder, init_context
 
 logger = logging.getLogger(__name__)
 

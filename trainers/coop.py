@@ -20,8 +20,8 @@ from yacs.config import CfgNode as CN
 
 from config.coop import check_coop_cfg
 from datasets.task_info import TaskInfo
-from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.prompt import PromptBuilder, init_context
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.prompt import PromptBuilder, init_context
 
 logger = logging.getLogger(__name__)
 

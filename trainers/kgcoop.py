@@ -21,9 +21,9 @@ from yacs.config import CfgNode as CN
 
 from config.kgcoop import check_kgcoop_cfg
 from datasets.task_info import TaskInfo
-from trainers.base import MultiTaskPromptTrainer, PromptHead
 from trainers.coop import CoOpHead
-from trainers.losses import multitask_loss
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.losses import multitask_loss
 from trainers.zsclip import zero_shot_text_features
 
 logger = logging.getLogger(__name__)

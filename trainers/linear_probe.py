@@ -26,10 +26,10 @@ from torch import nn
 
 import config.linear_probe  # noqa: F401  (registers TRAINER.LINEAR_PROBE)
 from datasets.task_info import TaskInfo, task_info_of
-from trainers import stops
-from trainers.backbone import load_clip, resolve_precision
-from trainers.base import HEAD_NAME, MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead
-from trainers.evaluator import task_scores
+from trainers.parts.backbone import load_clip, resolve_precision
+from trainers.parts.base import HEAD_NAME, MultiTaskCLIP, MultiTaskPromptTrainer, PromptHead
+from trainers.parts.evaluator import task_scores
+from trainers.run import stops
 
 logger = logging.getLogger(__name__)
 

@@ -4,14 +4,14 @@
 Every task t has N prompts ``[SOS] v^{t,n}_1 ... v^{t,n}_L <class name> . [EOS]``,
 n = 1..N, each with its own context; every class c of t is encoded with each, giving
 text features ``t_{n,c}``. An image gives M local features ``v_m``
-(trainers/local_features.py). Its logit for class c is
+(trainers/parts/local_features.py). Its logit for class c is
 
     logit_scale * sum_{m,n} P_{mn} cos(v_m, t_{n,c})
 
 where P is the entropic optimal-transport plan between the M regions (mass 1/M each)
 and the N prompts (1/N each) for the cost ``1 - cos``, found by Sinkhorn iterations
 without gradient. Images are scored against their own task's classes only, and the
-multi-task loss (trainers/losses.py) makes this PLOT trained on each task alone.
+multi-task loss (trainers/parts/losses.py) makes this PLOT trained on each task alone.
 """
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ from yacs.config import CfgNode as CN
 
 from config.plot import check_plot_cfg
 from datasets.task_info import TaskInfo
-from trainers import evaluation, feature_cache, stops
-from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.local_features import local_features
-from trainers.losses import multitask_loss, own_task_prediction
-from trainers.prompt import PromptBuilder, init_context
+from trainers.parts import evaluation, feature_cache
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.local_features import local_features
+from trainers.parts.losses import multitask_loss, own_task_prediction
+from trainers.parts.prompt import PromptBuilder, init_context
+from trainers.run import stops
 
 logger = logging.getLogger(__name__)
 

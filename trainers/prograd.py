@@ -29,10 +29,10 @@ from yacs.config import CfgNode as CN
 
 from config.prograd import check_prograd_cfg
 from datasets.task_info import TaskInfo
-from trainers.base import MultiTaskPromptTrainer, PromptHead
 from trainers.coop import CoOpHead
-from trainers.losses import multitask_loss, own_task_mask
-from trainers.prompt import embed_words
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.losses import multitask_loss, own_task_mask
+from trainers.parts.prompt import embed_words
 from trainers.zsclip import zero_shot_text_features
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from yacs.config import CfgNode as CN
 
 import config.protonet  # noqa: F401  (registers TRAINER.PROTONET)
 from config.protonet import check_protonet_cfg
-from trainers.base import PromptHead
 from trainers.linear_probe import LinearProbeCLIP
+from trainers.parts.base import PromptHead
 
 logger = logging.getLogger(__name__)
 

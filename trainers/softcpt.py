@@ -20,9 +20,9 @@ from yacs.config import CfgNode as CN
 
 from config.softcpt import META_NETS, check_softcpt_cfg, resolve_variant
 from datasets.task_info import TaskInfo
-from trainers import interpret
-from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.prompt import PromptBuilder, init_context, num_tokens
+from trainers.parts import interpret
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.prompt import PromptBuilder, init_context, num_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class SoftCPT(MultiTaskPromptTrainer):
 
 @torch.no_grad()
 def save_run_contexts(trainer: SoftCPT) -> None:
-    """``<OUTPUT_DIR>/generated_contexts.pt`` and ``task_similarity.{csv,png}`` (trainers/interpret.py).
+    """``<OUTPUT_DIR>/generated_contexts.pt`` and ``task_similarity.{csv,png}`` (trainers/parts/interpret.py).
 
     Written after results.json: a failure here is a warning and loses no result.
     """

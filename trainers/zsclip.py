@@ -18,9 +18,9 @@ from torch import nn
 
 import config.zsclip  # noqa: F401  (registers TRAINER.ZSCLIP)
 from datasets.task_info import TaskInfo
-from trainers.base import MultiTaskPromptTrainer, PromptHead
-from trainers.prompt import PromptBuilder
-from trainers.text_encoder import TextEncoder
+from trainers.parts.base import MultiTaskPromptTrainer, PromptHead
+from trainers.parts.prompt import PromptBuilder
+from trainers.parts.text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
 

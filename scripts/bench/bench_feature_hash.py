@@ -4,7 +4,7 @@ by size and time (the default) against keyed by a hash of every file's bytes.
 Writes a synthetic General-10 test split: per member, CoOp's test-split size of JPEG
 files of about that dataset's mean file size (below; estimated from the distributed
 archives' size over their image count), each a real JPEG with its index after the end
-marker so that no two files are equal. Then times ``trainers.feature_cache.image_list``
+marker so that no two files are equal. Then times ``trainers.parts.feature_cache.image_list``
 (the cache key's image part, what every evaluation computes before it reads the cache)
 in each mode: warm (files in the page cache, as just written) and cold (each file
 dropped from the page cache first with posix_fadvise, as after a reboot or on a node
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from trainers import feature_cache as fc  # noqa: E402
+from trainers.parts import feature_cache as fc  # noqa: E402
 
 # member: (CoOp's test-split size, mean JPEG size in KB). The sizes are estimates: the
 # archive's size over its number of images.

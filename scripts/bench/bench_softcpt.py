@@ -65,11 +65,11 @@ sys.path.insert(0, REPO)
 
 from config.softcpt import VARIANT_KEYS, VARIANTS  # noqa: E402
 from datasets.task_info import TaskInfo  # noqa: E402
-from trainers.backbone import load_clip  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
-from trainers.losses import multitask_loss, training_columns  # noqa: E402
 from trainers.coop import CoOpHead  # noqa: E402
-from trainers.prompt import num_tokens  # noqa: E402
+from trainers.parts.backbone import load_clip  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.losses import multitask_loss, training_columns  # noqa: E402
+from trainers.parts.prompt import num_tokens  # noqa: E402
 from trainers.softcpt import SoftCPTHead  # noqa: E402
 
 # General-10 in task order (docs/benchmarks.md#general-10): (key, class count, task name).
@@ -295,7 +295,7 @@ def bench_eval_cache(name: str, args: argparse.Namespace, device: torch.device) 
 
     import datasets  # noqa: F401  (registers the datasets)
     import train
-    from trainers import feature_cache
+    from trainers.parts import feature_cache
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset_cfg = write_eval_benchmark(tmp, args.eval_images)

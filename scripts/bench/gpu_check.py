@@ -43,9 +43,9 @@ sys.path[:0] = [REPO, BENCH]
 import torch  # noqa: E402
 
 import bench_softcpt as bench  # noqa: E402
-from trainers.backbone import load_clip  # noqa: E402
-from trainers.base import MultiTaskCLIP  # noqa: E402
-from trainers.losses import own_task_prediction  # noqa: E402
+from trainers.parts.backbone import load_clip  # noqa: E402
+from trainers.parts.base import MultiTaskCLIP  # noqa: E402
+from trainers.parts.losses import own_task_prediction  # noqa: E402
 
 # (b): name, extra options. PREC is applied to every row; PARAM_DTYPE fp16 with PREC fp16.
 TRAIN_ROWS = [
@@ -181,7 +181,7 @@ def run_forked(argv: list[str], timeout: float) -> tuple[int, str]:
 
 def saved_dtypes(out: str) -> str:
     """Dtypes of the saved learned parameters, e.g. ``task_ctx fp16, meta_net.weight fp32``."""
-    from trainers import checkpoint as ckpt_io
+    from trainers.run import checkpoint as ckpt_io
     path = ckpt_io.path_to_load(os.path.join(out, "prompt_learner"), None)
     state = ckpt_io.read_checkpoint(path, torch.device("cpu"))["state_dict"]
     return ", ".join(f"{k} {str(v.dtype).replace('torch.float', 'fp')}" for k, v in state.items())

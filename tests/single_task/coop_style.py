@@ -21,8 +21,8 @@ from dassl.utils import load_checkpoint
 from yacs.config import CfgNode as CN
 
 from config import register_config_hook
-from trainers.backbone import load_clip
-from trainers.prompt import tokenize
+from trainers.parts.backbone import load_clip
+from trainers.parts.prompt import tokenize
 
 
 @register_config_hook

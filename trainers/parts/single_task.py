@@ -24,7 +24,7 @@ from dassl.evaluation import build_evaluator
 from config import ConfigError
 from config.run_settings import effective_config
 from datasets.task_info import TaskInfo, task_info_of
-from trainers import evaluation
+from trainers.parts import evaluation
 
 GUIDE = "docs/add_a_trainer.md#other-dassl-trainers"
 

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from trainers.atomic import atomic_torch_save, atomic_write
+from trainers.run.atomic import atomic_torch_save, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ def save_generated(path: str, contexts: torch.Tensor, keys: Sequence[str], names
 
 def load_generated(path: str) -> dict:
     """A ``generated_contexts.pt``; a ValueError (one line naming the file) when it is truncated,
-    pickles a class it should not (``trainers.checkpoint.load_file``) or holds something else."""
-    from trainers import checkpoint as ckpt_io
+    pickles a class it should not (``trainers.run.checkpoint.load_file``) or holds something else."""
+    from trainers.run import checkpoint as ckpt_io
     try:
         state = ckpt_io.load_file(path)
     except ckpt_io.UnexpectedClassError:

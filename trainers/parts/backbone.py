@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from config import PRECISIONS, ConfigError
-from trainers.atomic import atomic_torch_save
-from trainers.feature_cache import tensors_fingerprint
+from trainers.parts.feature_cache import tensors_fingerprint
+from trainers.run.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 

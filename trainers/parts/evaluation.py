@@ -1,11 +1,11 @@
 """How a trainer evaluates a split: Dassl's test loop on image features, and results.json.
 
 The image encoder is frozen, so the loop runs on the split's normalised image
-features u, read from the image-feature cache (trainers/feature_cache.py) or
+features u, read from the image-feature cache (trainers/parts/feature_cache.py) or
 encoded by the image encoder (``split_features``). Heads whose class text
 features do not depend on the image encode them once per evaluation
 (``class_text_features``, TRAINER.<KEY>.CACHE_EVAL_TEXT) instead of once per
-batch. The evaluator (trainers/evaluator.py, ``MultiTaskClassification``)
+batch. The evaluator (trainers/parts/evaluator.py, ``MultiTaskClassification``)
 scores the predictions and prints the log lines; ``results_report`` is what
 results.json (results_val.json for the val split) records of the run.
 """
@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from datasets.errors import DatasetError
 from datasets.splits import image_problem
-from trainers import feature_cache, stops
-from trainers.atomic import atomic_write
+from trainers.parts import feature_cache
+from trainers.run import stops
+from trainers.run.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 Features = tuple[torch.Tensor, torch.Tensor]  # normalised features (N, D), labels (N,)

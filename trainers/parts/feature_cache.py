@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainers.atomic import atomic_torch_save
+from trainers.run.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def rng_untouched() -> Iterator[None]:
 
 def ordered_loader(loader: DataLoader) -> DataLoader:
     """The images of ``loader`` in data-source order, with its batch size and workers (and their
-    init function: trainers/stops.py's, which makes them ignore the stop signals).
+    init function: trainers/run/stops.py's, which makes them ignore the stop signals).
 
     Its own generator gives the base seed that iterating a DataLoader draws (and
     its workers' seeds), which would otherwise come from torch's global

@@ -5,7 +5,7 @@ imports nothing of the project, so that ``datasets/`` (split and few-shot files)
 uses the same writer without importing ``trainers`` (the dependency only goes
 from trainers to datasets). Nothing is implemented here.
 """
-import os  # noqa: F401  (tests patch trainers.atomic.os.replace, i.e. os.replace)
+import os  # noqa: F401  (tests patch trainers.run.atomic.os.replace, i.e. os.replace)
 
 from atomic_files import (  # noqa: F401
     KILL_ENV,

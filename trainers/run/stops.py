@@ -8,7 +8,7 @@ between the steps of setting a run up, and before the ``done`` marker
 to be (in a fork, a lock, a write), so a stop can no longer fall between a
 checkpoint and its pointer, nor be lost in a library's hook.
 
-DataLoader workers ignore the stop signals (``quiet_workers``: trainers/base.py
+DataLoader workers ignore the stop signals (``quiet_workers``: trainers/parts/base.py
 applies it to the loaders Dassl builds, the linear probe and the feature cache to
 theirs), so a signal sent to the whole process group (scancel, preemption, Ctrl-C
 in a terminal) reaches only the main process's flag, and the run shuts its

@@ -7,7 +7,7 @@ PyTorch has since removed: building one raises ``TypeError``. ``patch_warmup_sch
 replaces their common ``__init__`` with one that leaves ``verbose`` out and does the rest as
 Dassl does. Dassl's installed files are not changed; the fix applies in every process that
 imports ``trainers`` (train.py does), only while PyTorch lacks the argument, and at most once.
-This project's own trainers do not use these schedulers (trainers/schedule.py).
+This project's own trainers do not use these schedulers (trainers/run/schedule.py).
 docs/add_a_trainer.md#other-dassl-trainers.
 """
 from __future__ import annotations

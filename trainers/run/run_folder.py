@@ -35,8 +35,8 @@ from filelock import FileLock, Timeout
 
 from config import ConfigError
 from config.run_settings import config_differences, describe_differences, effective_config
-from trainers import checkpoint as ckpt_io
-from trainers.atomic import atomic_write, remove_stale_temps
+from trainers.run import checkpoint as ckpt_io
+from trainers.run.atomic import atomic_write, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".run.lock"

@@ -18,7 +18,7 @@ import torch
 from dassl.evaluation import EVALUATOR_REGISTRY, EvaluatorBase
 
 from datasets.task_info import TaskInfo
-from trainers.losses import own_task_prediction
+from trainers.parts.losses import own_task_prediction
 
 
 def task_scores(y_true: np.ndarray, y_pred: np.ndarray, task_info: TaskInfo) -> list[dict]:

@@ -9,7 +9,7 @@ backbone, a parameter the head does not have, per-class (per-task) contexts
 for other classes (tasks), or another shape (N_CTX, the backbone's width).
 
 The effective config a checkpoint records is compared before the trainer is
-built, by trainers/run_folder.py (``check_settings``).
+built, by trainers/run/run_folder.py (``check_settings``).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from typing import Callable, Optional
 from torch import nn
 
 from datasets.task_info import TaskInfo
-from trainers import feature_cache
-from trainers.backbone import file_fingerprint, load_clip, weights_file
-from trainers.checkpoint import CheckpointError
-from trainers.text_encoder import TextEncoder
+from trainers.parts import feature_cache
+from trainers.parts.backbone import file_fingerprint, load_clip, weights_file
+from trainers.parts.text_encoder import TextEncoder
+from trainers.run.checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
 # What a checkpoint's backbone "weights" hash: the tensors stored in the weights file, or (random

@@ -1,11 +1,11 @@
 """Checkpoints: writing them whole, finding the right one, reading it with a clear error, and
 their life cycle in a run (``save`` every epoch, ``resume`` the newest that loads, ``load``
-one for evaluation); whether a checkpoint belongs to the run is trainers/checkpoint_identity.py.
+one for evaluation); whether a checkpoint belongs to the run is trainers/run/checkpoint_identity.py.
 
 A model's checkpoints live in ``<run>/<model name>/`` (``prompt_learner/`` as in
 CoOp): ``model.pth.tar-<epoch>``, optionally ``model-best.pth.tar``, and
 ``checkpoint``, Dassl's one-line pointer to the newest file. Every file is
-written by ``trainers.atomic`` (whole or not at all). Each checkpoint also holds
+written by ``trainers.run.atomic`` (whole or not at all). Each checkpoint also holds
 the random number generator states that decide what comes next, so a resumed
 run continues exactly as the uninterrupted one would have.
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainers.atomic import atomic_torch_save, atomic_write
+from trainers.run.atomic import atomic_torch_save, atomic_write
 
 logger = logging.getLogger(__name__)
 HEAD_NAME = "prompt_learner"  # a run's folder of checkpoints, as in CoOp

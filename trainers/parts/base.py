@@ -6,9 +6,9 @@ A trainer subclasses ``MultiTaskPromptTrainer``, names its config node
 into class text features. Built and run here: precision, PARAM_DTYPE, the
 optimizer and Dassl-style schedule, STEPS_PER_BATCH, the speed-up switches and
 the loss. The hooks Dassl's loop calls for the rest are thin: ``test()`` runs
-trainers/evaluation.py (the test loop on cached image features, results.json);
+trainers/parts/evaluation.py (the test loop on cached image features, results.json);
 ``save_model()``, ``resume_model_if_exist()`` and ``load_model()`` run
-trainers/checkpoint.py, which trainers/checkpoint_identity.py guards (trainer,
+trainers/run/checkpoint.py, which trainers/run/checkpoint_identity.py guards (trainer,
 backbone fingerprint, head shapes).
 """
 from __future__ import annotations
@@ -28,14 +28,15 @@ from torch import nn
 from config import ConfigError, resolve_cfg
 from config.run_settings import effective_config
 from datasets.task_info import TaskInfo, task_info_of
-from trainers import checkpoint as ckpt_io
-from trainers import checkpoint_identity as identity
-from trainers import evaluation, stops
-from trainers.backbone import check_backbone, load_clip, resolve_precision
-from trainers.checkpoint import HEAD_NAME, CheckpointError  # noqa: F401 (HEAD_NAME: for trainers)
-from trainers.losses import multitask_loss, own_task_prediction, training_columns
-from trainers.schedule import build_lr_scheduler
-from trainers.text_encoder import TextEncoder
+from trainers.parts import evaluation
+from trainers.parts.backbone import check_backbone, load_clip, resolve_precision
+from trainers.parts.losses import multitask_loss, own_task_prediction, training_columns
+from trainers.parts.text_encoder import TextEncoder
+from trainers.run import checkpoint as ckpt_io
+from trainers.run import checkpoint_identity as identity
+from trainers.run import stops
+from trainers.run.checkpoint import HEAD_NAME, CheckpointError  # noqa: F401 (HEAD_NAME: for trainers)
+from trainers.run.schedule import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class MultiTaskPromptTrainer(TrainerX):
     """Dassl trainer for prompt tuning over all tasks of a benchmark at once."""
 
     TRAINER_KEY = ""  # e.g. "SOFTCPT": the node cfg.TRAINER.<TRAINER_KEY>
-    # Each image is scored within its own task (trainers/single_task.py refuses, on a benchmark,
+    # Each image is scored within its own task (trainers/parts/single_task.py refuses, on a benchmark,
     # trainers without this).
     SCORES_WITHIN_TASKS = True
 
@@ -145,7 +146,7 @@ class MultiTaskPromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ build
     def build_data_loader(self) -> None:
-        """Dassl's loaders, their workers made to ignore the stop signals (trainers/stops.py)."""
+        """Dassl's loaders, their workers made to ignore the stop signals (trainers/run/stops.py)."""
         super().build_data_loader()
         for loader in (self.train_loader_x, self.train_loader_u, self.val_loader, self.test_loader):
             stops.quiet_workers(loader)
@@ -259,7 +260,7 @@ class MultiTaskPromptTrainer(TrainerX):
             super().update_lr(names)
 
     # ------------------------------------------------------------------- test
-    # The loop, the feature source and results.json: trainers/evaluation.py.
+    # The loop, the feature source and results.json: trainers/parts/evaluation.py.
     def feature_logits(self, u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Evaluation logits ``(B, C)`` from normalised image features u ``(B, D)``.
 
@@ -338,8 +339,8 @@ class MultiTaskPromptTrainer(TrainerX):
             self.train_time["seconds"] += time.perf_counter() - start
 
     # ------------------------------------------------------------ checkpoints
-    # Files, save, resume and load: trainers/checkpoint.py; the identity check:
-    # trainers/checkpoint_identity.py. These are the hooks Dassl's loop calls.
+    # Files, save, resume and load: trainers/run/checkpoint.py; the identity check:
+    # trainers/run/checkpoint_identity.py. These are the hooks Dassl's loop calls.
     def after_epoch(self) -> None:
         """Dassl's, except that every epoch is saved: a run stopped at any point resumes from its
         last complete epoch. TRAIN.CHECKPOINT_FREQ decides which epochs stay as snapshots."""
