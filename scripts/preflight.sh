@@ -9,7 +9,9 @@ for module, package in [("torch", "torch"), ("torchvision", "torchvision"),
     try:
         importlib.import_module(module)
     except Exception as err:  # a broken install counts as missing too
-        print(f"{package} ({type(err).__name__}: {err})")'
+        print(f"{package} ({type(err).__name__}: {err})")
+import gc
+gc.freeze()  # the exit then skips a pass over what the imports made (half a second)'
 
 # preflight_missing PYTHON: "pkg (Error: why); pkg2 (...)" for each package PYTHON cannot
 # import, or nothing when it imports them all.

@@ -5,9 +5,9 @@ ProGrad's and PLOT's ViT-B/16 files) is run
 as it is, with only the backbone (``tiny`` for RN50 files, ``tiny-b16`` for
 ViT-B/16 files), the image size, the number of epochs and the loader workers
 overridden for CPU. None of these files sets TRAIN.CHECKPOINT_FREQ, so before
-every epoch was saved a killed run restarted from epoch 0. Per config, one
-subprocess runs three forked attempts of train.py (scripts/check_resume.py's
-``attempt``): an uninterrupted run; a run SIGKILLed while it writes the
+every epoch was saved a killed run restarted from epoch 0. One subprocess imports
+train.py's modules once and, per config, runs three forked attempts of train.py
+(scripts/check_resume.py's ``attempt``): an uninterrupted run; a run SIGKILLed while it writes the
 checkpoint of epoch k + 1 (trainers/run/atomic.py's fault injection), which leaves
 epoch k as the newest complete one; and the same command again, which must
 resume from epoch k and end with the uninterrupted run's parameters, optimizer
@@ -60,20 +60,20 @@ CASES = {
                                  ["DATALOADER.NUM_WORKERS", "2"], 2),
 }
 
-# One interpreter per config: imports train.py's modules once, forks each attempt.
+# One interpreter for every config: imports train.py's modules once (5 s) and forks each
+# attempt from that clean state, so that no attempt sees another's.
 DRIVER = """
-import json, sys
+import json, os, sys
 sys.path.insert(0, "scripts")
 import check_resume
-spec = json.loads(sys.argv[1])
-common = spec["common"]
-status = {"uninterrupted": check_resume.attempt(["--output-dir", spec["base"], *common]),
-          "killed": check_resume.attempt(["--output-dir", spec["run"], *common], kill=spec["kill"])}
-import os
-folder = os.path.join(spec["run"], "prompt_learner")
-status["left"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-status["rerun"] = check_resume.attempt(["--output-dir", spec["run"], *common])
-print(json.dumps(status))
+for spec in json.loads(sys.argv[1]):
+    common = spec["common"]
+    status = {"uninterrupted": check_resume.attempt(["--output-dir", spec["base"], *common]),
+              "killed": check_resume.attempt(["--output-dir", spec["run"], *common], kill=spec["kill"])}
+    folder = os.path.join(spec["run"], "prompt_learner")
+    status["left"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    status["rerun"] = check_resume.attempt(["--output-dir", spec["run"], *common])
+    print(json.dumps({spec["case"]: status}), flush=True)
 """
 
 
@@ -86,19 +86,37 @@ def common_args(root, trainer: str, config: str, backbone: str, extra: list[str]
             "OPTIM.MAX_EPOCH", str(EPOCHS), "DATALOADER.NUM_WORKERS", "0", *extra]
 
 
+@pytest.fixture(scope="module")
+def attempts(toy_root, tmp_path_factory) -> dict:
+    """Every case's three attempts, run by one driver: case -> (status, uninterrupted folder,
+    killed folder, the driver's process)."""
+    specs, folders = [], {}
+    for case, (trainer, config, backbone, extra, k) in CASES.items():
+        top = tmp_path_factory.mktemp(case)
+        folders[case] = (top / "uninterrupted", top / "killed")
+        specs.append({"case": case, "common": common_args(toy_root, trainer, config, backbone, extra),
+                      "base": str(folders[case][0]), "run": str(folders[case][1]),
+                      "kill": f"model.pth.tar-{k + 1}:1:partial"})
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(specs)], cwd=REPO, text=True,
+                          capture_output=True, timeout=1200)
+    statuses = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            statuses.update(json.loads(line))
+    return {case: (statuses.get(case), *folders[case], proc) for case in CASES}
+
+
+# One group: the cases share the driver of `attempts` (one worker of pytest-xdist runs it).
 @pytest.mark.slow
+@pytest.mark.xdist_group("resume_paper")
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_paper_config_killed_after_epoch_k_resumes_bit_identically(case, toy_root, tmp_path):
+def test_a_paper_config_killed_after_epoch_k_resumes_bit_identically(case, attempts):
     trainer, config, backbone, extra, k = CASES[case]
     with open(os.path.join(REPO, config)) as f:
         assert "CHECKPOINT_FREQ" not in f.read()  # the paper's files rely on the per-epoch save
-    base, run = tmp_path / "uninterrupted", tmp_path / "killed"
-    spec = {"common": common_args(toy_root, trainer, config, backbone, extra), "base": str(base),
-            "run": str(run), "kill": f"model.pth.tar-{k + 1}:1:partial"}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)], cwd=REPO, text=True,
-                          capture_output=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    status = json.loads(proc.stdout.strip().splitlines()[-1])
+    status, base, run, proc = attempts[case]
+    assert status is not None, f"the driver stopped before this case (exit {proc.returncode}): " \
+        f"{proc.stderr[-3000:]}"
     assert status["uninterrupted"] == "ok", (base / "log.txt").read_text()[-3000:]
     assert status["killed"] == "killed", (run / "log.txt").read_text()[-3000:]
     print(status["left"], (run / "log.txt").read_text()[-3000:])  # shown when the test fails
