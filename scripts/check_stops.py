@@ -250,6 +250,29 @@ def where_stopped(rows: list[dict]) -> dict:
     return counts
 
 
+def chain_differences(folder: str, base: str) -> list[str]:
+    """check_resume.differences of a finished chain and the uninterrupted run, computed in a
+    fork: once torch's OpenMP threads have started in this process, the next attempt's fork
+    can hang in its first parallel kernel (GNU OpenMP is not fork-safe), so this process
+    never computes with torch itself."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            diffs = check_resume.differences(check_resume.outcome(folder, EPOCHS), check_resume.outcome(base, EPOCHS))
+        except BaseException as err:  # noqa: BLE001 - reported as a difference
+            diffs = [f"the comparison failed: {type(err).__name__}: {err}"]
+        with os.fdopen(write, "w") as f:
+            json.dump(diffs, f)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(answer) if answer else ["the comparison's process ended without an answer"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", required=True, help="$DATA (the toy benchmark is written there on first use)")
@@ -270,7 +293,6 @@ def main() -> int:
         return 2
     epoch = times[1] - times[0]  # the second epoch alone (the first includes the set-up)
     setup, tail = max(times[0] - epoch, 0.0), times[-1] - times[EPOCHS - 1]
-    expected = check_resume.outcome(base, EPOCHS)
     stops = {"pid": 0, "group": 0}
     with_workers = {"pid": 0, "group": 0}  # of those stops, sent while workers were alive
     rows, failures, chains, chain_diffs = [], [], 0, []
@@ -314,8 +336,7 @@ def main() -> int:
             eval_stops += trained == EPOCHS
         if row["code"] == 0:  # the chain is finished: compare it, start the next
             chains, eval_stops = chains + 1, 0
-            chain_diffs += [f"{row['folder']}: {d}" for d in
-                            check_resume.differences(check_resume.outcome(folder, EPOCHS), expected)]
+            chain_diffs += [f"{row['folder']}: {d}" for d in chain_differences(folder, base)]
             folder = os.path.join(out, f"chain{chains}")
     if not failures and os.path.isdir(folder):  # finish the last chain and compare it too
         code, _ = timed_run(["--output-dir", folder, *common], folder, os.path.join(out, "last.err"))
@@ -324,8 +345,7 @@ def main() -> int:
                 failures.append({"folder": folder, "code": code, "stderr": f.read()[-3000:]})
         else:
             chains += 1
-            chain_diffs += [f"{os.path.basename(folder)}: {d}" for d in
-                            check_resume.differences(check_resume.outcome(folder, EPOCHS), expected)]
+            chain_diffs += [f"{os.path.basename(folder)}: {d}" for d in chain_differences(folder, base)]
     summary = {"seed": args.seed, "uninterrupted_seconds": round(times[-1], 2), "stops": stops,
                "attempts": len(rows), "signals_sent": sum(r["sent"] for r in rows),
                "sent_with_workers": {to: sum(r["sent"] and r["workers"] > 0 and r["to"] == to for r in rows)
