@@ -59,16 +59,25 @@ _sweep_interrupted() {
 }
 trap _sweep_interrupted INT TERM
 
-# check_python: stop before the first run, creating nothing, when $PYTHON lacks a package
-# that every run needs; name each missing one and the command that installs it. PYTHON
-# becomes an absolute path: Slurm tasks run it on nodes whose PATH may differ.
+# check_python: PYTHON as an absolute path (Slurm tasks run it on nodes whose PATH may
+# differ); stop when there is no such interpreter.
 check_python() {
-    local missing resolved
+    local resolved
     if ! resolved=$(command -v "$PYTHON" 2>/dev/null) || [ -z "$resolved" ]; then
         echo "[sweep] error: no Python interpreter '$PYTHON'; set PYTHON=/path/to/python (INSTALL.md)." >&2
         exit 3
     fi
     PYTHON=$(_abs_path "$resolved")
+}
+
+# check_imports: stop before the first run, creating nothing, when $PYTHON lacks a package
+# that every run needs; name each missing one and the command that installs it. Once per
+# sweep, when its first cell comes (so that a mistyped argument is answered at once, not
+# after the seconds that importing torch takes).
+_SWEEP_IMPORTS_OK=0
+check_imports() {
+    [ "$_SWEEP_IMPORTS_OK" = 1 ] && return 0
+    local missing
     missing=$(preflight_missing "$PYTHON")
     if [ -n "$missing" ]; then
         echo "[sweep] error: $PYTHON cannot import: $missing." >&2
@@ -76,6 +85,7 @@ check_python() {
         echo "[sweep] GitHub: WHEELS=/path/to/wheels bash scripts/setup.sh). No run was started." >&2
         exit 3
     fi
+    _SWEEP_IMPORTS_OK=1
 }
 
 # official_form KIND SCRIPT ARGS...: stop before any run when ARGS are the official SoftCPT code's
@@ -235,6 +245,7 @@ sweep() {
     local dataset_cfg=configs/datasets/${BENCHMARK}.yaml trainer_cfg=${TRAINER_CONFIG_DIR}/${trainer}/${cfg}.yaml
     require_file "$dataset_cfg" "benchmark config"
     require_file "$trainer_cfg" "${trainer} config"
+    check_imports
     SWEEP_JOB_NAME=${trainer}_${BENCHMARK}
     local shots seed item dir missing flags
     for shots in $SHOTS; do

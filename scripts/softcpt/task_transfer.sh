@@ -73,6 +73,7 @@ if len(entries) < 2:
     sys.exit(f"{sys.argv[1]} has one task: holding it out leaves nothing to train on")
 for e in entries:
     print(e.index, re.sub(r"[^A-Za-z0-9._-]+", "_", e.key), sep="\t")'
+check_imports  # the listing imports the datasets, so Dassl
 if ! LISTING=$("$PYTHON" -c "$_LIST_TASKS" "$DATASET_CFG"); then
     echo "[sweep] error: cannot list the tasks of $DATASET_CFG (see above). No run was started." >&2
     exit 2
