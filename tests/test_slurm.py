@@ -497,23 +497,10 @@ def test_slurm_sweep_submits_only_what_is_not_done_or_queued(slurm, tmp_path):
     assert last.stdout[last.stdout.index("## toy"):] == table[table.index("## toy"):]
 
 
-def _seconds_per_epoch(env: dict, out) -> float:
-    """Time one toy epoch (16 shots, one thread) takes here now, from a 15-second run."""
-    proc = subprocess.Popen(
-        [env["PYTHON"], "train.py", "--output-dir", str(out), "--root", env["DATA"], "--seed", "1", "--trainer",
-         "SoftCPT", "--dataset-config-file", "configs/datasets/toy.yaml", "--config-file",
-         "configs/trainers/SoftCPT/tiny.yaml", "DATASET.NUM_SHOTS", "16", "OPTIM.MAX_EPOCH", "1000"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = out / "prompt_learner"
-    deadline = time.time() + 120
-    while not (saved / "model.pth.tar-1").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    start, first = time.time(), len(list(saved.glob("model.pth.tar-*")))
-    time.sleep(15)
-    done = max(1, len(list(saved.glob("model.pth.tar-*"))) - first) if saved.is_dir() else 1
-    proc.kill()
-    proc.wait()
-    return (time.time() - start) / done
+def _pids_of(run) -> list[int]:
+    """The processes of the run writing to `run` (train.py, and its loader workers if any)."""
+    found = subprocess.run(["pgrep", "-f", "--", f"--output-dir {run} "], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
 
 
 _HELD_SINCE: dict[str, float] = {}  # requeued job -> when _hurry_requeued first saw it held
@@ -537,15 +524,15 @@ def _hurry_requeued(seconds: float) -> None:
 
 @needs_dassl
 def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(slurm, tmp_path):
-    """-t 2 with the warning 30 s before it (Slurm sends it 30-60 s early): each allocation
-    trains at most 90 s of a run sized to about 130 s here; the task stops its run and
-    requeues itself until the run is done, with the results of one uninterrupted run."""
+    """-t 2 with the warning 30 s before it (Slurm sends it 30-60 s early, so 60-90 s into
+    the allocation): the run is paused (SIGSTOP) once its first epoch is saved, as a node
+    stalled on I/O would be, so that whatever this machine's speed it is still running when
+    the warning comes; it goes on then (SIGCONT), and the task stops it and requeues itself
+    until the run is done, with the results of one uninterrupted run, bit for bit."""
+    epochs = 30  # about 15 s of training here: the next allocation finishes it (or is requeued too)
     env = dict(os.environ, OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"), SHOTS="16", SEEDS="1",
                SKIP_SETUP="1", LAUNCHER="slurm", SLURM_ARGS="-t 2", SLURM_SIGNAL_SECS="30",
                OMP_NUM_THREADS="1", PYTHON=os.environ.get("PYTHON", "python3"))
-    # Epochs for about 130 s of training on this machine now (its speed varies 5-fold with
-    # load): more than one allocation (at most 90 s) can hold, on a quiet machine too.
-    epochs = max(40, min(300, int(130 / _seconds_per_epoch(env, tmp_path / "calibrate"))))
     opts = ["OPTIM.MAX_EPOCH", str(epochs)]
     done = subprocess.run(["bash", "scripts/softcpt/main.sh", "toy", "tiny", "NATA", *opts], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -558,24 +545,41 @@ def test_slurm_run_longer_than_its_time_limit_finishes_over_several_allocations(
          "--config-file", "configs/trainers/SoftCPT/tiny.yaml", "DATASET.NUM_SHOTS", "16",
          "TRAINER.SOFTCPT.VARIANT", "NATA", *opts], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
+    paused: list[int] = []
     try:
-        deadline = time.time() + 900
+        deadline = time.time() + 300
+        while not (run / "prompt_learner" / "model.pth.tar-1").exists():
+            assert time.time() < deadline and _jobs(), f"the run saved no epoch: {_jobs()}"
+            time.sleep(0.1)
+        paused = _pids_of(run)
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        assert paused and not (run / "done").exists(), "the run was over before it could be paused"
+        while "SIGUSR1 received" not in "".join(_read(p) for p in run.glob("slurm-*_1.out")):
+            assert time.time() < deadline, f"no warning from Slurm: {_jobs()}"
+            time.sleep(0.5)
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+        paused = []
+        deadline = time.time() + 300
         while _jobs():
             assert time.time() < deadline, f"still queued: {_jobs()}"
             _hurry_requeued(3)
             time.sleep(1)
         assert reference.wait(timeout=600) == 0
     finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
         if reference.poll() is None:
             reference.kill()
     log = _read(next(run.glob("slurm-*_1.out")))
     slurm_out = "".join(_read(p) for p in (tmp_path / "out" / "toy" / "slurm").glob("*_1.out"))  # Slurm's own
     requeues = log.count("the time limit is near (SIGUSR1): run stopped")
-    assert requeues >= 1 and f"start {requeues + 1}" in log, (epochs, log[-3000:], slurm_out)
+    assert requeues >= 1 and f"start {requeues + 1}" in log, (log[-3000:], slurm_out)
     assert log.count("requeued.") == requeues and (run / "done").is_file(), (log[-3000:], slurm_out)
     assert "not requeued" not in log and "DUE TO TIME LIMIT" not in slurm_out
     ours, theirs = (json.loads((d / "results.json").read_text()) for d in (run, tmp_path / "reference"))
-    assert ours["epoch"] == epochs
+    assert ours["epoch"] == epochs and ours["resumed_from_epoch"] is not None
     assert (ours["score"], ours["tasks"]) == (theirs["score"], theirs["tasks"])
     import torch
     final = f"prompt_learner/model.pth.tar-{epochs}"
