@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import functools
 import gc
 import importlib
 import logging
@@ -346,6 +347,13 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
 
 
 
+@functools.lru_cache(maxsize=None)
+def environment_report() -> str:
+    """Dassl's ``collect_env_info`` (torch's report, which runs ``pip list`` and other commands:
+    half a second), asked once per process: runs in one process (a notebook, the tests) share it."""
+    return collect_env_info()
+
+
 def did_you_mean(name: str, valid: Sequence[str]) -> str:
     """`` Did you mean 'X'?`` for the registered name closest to ``name``; "" for none close."""
     near = difflib.get_close_matches(name, valid, n=1)
@@ -528,7 +536,7 @@ def run(cfg, args: argparse.Namespace) -> None:
         torch.backends.cudnn.benchmark = True
     print_args(args, cfg)
     print("Collecting env info ...")
-    print(f"** System info **\n{collect_env_info()}\n")
+    print(f"** System info **\n{environment_report()}\n")
 
     trainer = build_trainer(cfg)
     stops.check()

@@ -49,7 +49,7 @@ from trainers.run import checkpoint as ckpt_io  # noqa: E402
 from trainers.run.stops import STOP_SIGNALS  # noqa: E402
 
 # torch's environment report runs `pip list` (seconds per attempt) and only prints.
-train.collect_env_info = lambda: "(not collected by scripts/check_stops.py)"
+train.environment_report = lambda: "(not collected by scripts/check_stops.py)"
 
 CONFIG = "configs/trainers/SoftCPT/vit_b16_ep50.yaml"
 EPOCHS = 2

@@ -176,7 +176,7 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch, tmp_path):
     def boom(cfg):
         raise RuntimeError("a bug, not a bad input")
     monkeypatch.setattr(train, "build_trainer", boom)
-    monkeypatch.setattr(train, "collect_env_info", lambda: "")  # slow, and beside the point
+    monkeypatch.setattr(train, "environment_report", lambda: "")  # slow, and beside the point
     with pytest.raises(RuntimeError, match="a bug"):
         train.main(["--trainer", "SoftCPT", "--output-dir", str(tmp_path),
                     "--dataset-config-file", str(REPO / "configs" / "datasets" / "toy.yaml"),
