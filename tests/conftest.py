@@ -148,12 +148,17 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The Slurm tests first: under pytest-xdist (scripts/test.sh) they run on one worker, one
-    after another, mostly waiting on the scheduler; started first, the other workers share the
-    rest of the suite meanwhile instead of waiting for them at the end."""
+    """The Slurm tests first, then the other slow ones, then the fast tier. Under pytest-xdist
+    (scripts/test.sh) the Slurm tests run on one worker, one after another, mostly waiting on
+    the scheduler: started first, the other workers share the rest of the suite meanwhile
+    instead of waiting for them at the end; and the second-long tests last fill the workers
+    up to the end instead of one worker finishing a minute-long test alone."""
     def in_slurm_group(item) -> bool:
         return any(m.args[:1] == ("slurm",) for m in item.iter_markers("xdist_group"))
-    items.sort(key=lambda item: not in_slurm_group(item))  # stable: the order within each part stays
+
+    def rank(item) -> int:
+        return 0 if in_slurm_group(item) else 1 if item.get_closest_marker("slow") else 2
+    items.sort(key=rank)  # stable: the order within each part stays
 
 
 # The xdist group of the tests that share serial_toy_sweep: one worker runs it once for them.
