@@ -345,8 +345,6 @@ def eval_output_dir(output_dir: str, model_dir: str, epoch: Optional[int]) -> st
     return osp.join(folder, f"eval_{tag}")
 
 
-
-
 @functools.lru_cache(maxsize=None)
 def environment_report() -> str:
     """Dassl's ``collect_env_info`` (torch's report, which runs ``pip list`` and other commands:
