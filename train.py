@@ -132,7 +132,7 @@ def read_cfg(args: argparse.Namespace):
     merge_list(cfg, args.opts or [])
     check_values(cfg)
     if not args.eval_only and not cfg.OUTPUT_DIR:  # the checkpoints would land in the current folder
-        raise ConfigError(f"OUTPUT_DIR is ''; allowed: a folder for the run's checkpoints and results "
+        raise ConfigError("OUTPUT_DIR is ''; allowed: a folder for the run's checkpoints and results "
                           "(--output-dir DIR) (docs/troubleshooting.md#configuration).")
     return cfg
 
