@@ -151,12 +151,5 @@ class LinearProbeCLIP(MultiTaskPromptTrainer):
     def feature_logits(self, u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.model.head.logits(u)  # the frozen head's own logits
 
-    @torch.no_grad()
-    def test(self, split: Optional[str] = None) -> float:
-        split = split or self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is None:
-            split = "test"
-        self.set_model_mode("eval")
-        result = self.evaluate(split)  # no text features to cache
-        self.write_results(split)
-        return result
+    def eval_text_features(self) -> None:
+        return None  # no text features: the fitted head scores the image features

@@ -277,13 +277,17 @@ class MultiTaskPromptTrainer(TrainerX):
         if split == "val" and self.val_loader is None:
             split = "test"
         self.set_model_mode("eval")
-        self._eval_text = evaluation.class_text_features(self.model, self.tcfg.CACHE_EVAL_TEXT)
+        self._eval_text = self.eval_text_features()
         try:
             result = self.evaluate(split)
         finally:
             self._eval_text = None
         self.write_results(split)
         return result
+
+    def eval_text_features(self) -> Optional[torch.Tensor]:
+        """The class text features one evaluation reuses for every batch (None: each batch's own)."""
+        return evaluation.class_text_features(self.model, self.tcfg.CACHE_EVAL_TEXT)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> float:
