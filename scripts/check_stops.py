@@ -4,10 +4,13 @@
 
 The run is a paper config (configs/trainers/SoftCPT/vit_b16_ep50.yaml) with only the
 backbone (``tiny-b16``), the image size, the epochs and the loader workers (2)
-overridden. Each attempt is a fork of this process (train.py imported once) in its own
-process group, running train.py's command line (``train.cli``). At a random moment
-(uniform between 50 ms after the fork and 4/5 of the attempt's expected length, from
-the uninterrupted run's timings and the epochs already saved; about half of the stops
+overridden, on the toy benchmark at 8 shots: 88 images, three batches of the config's 32
+an epoch, so that a signal can land between batches whatever the machine's speed (at 2
+shots an epoch was one batch, and only a signal before it was loaded stopped mid-epoch).
+Each attempt is a fork of this process (train.py imported once) in its own process
+group, running train.py's command line (``train.cli``). At a random moment (uniform
+between 50 ms after the fork and 4/5 of the attempt's expected length, from the
+uninterrupted run's timings and the epochs already saved; about half of the stops
 of each kind within half an epoch of its DataLoader workers' start, while there is
 training left; a run stopped twice with only its final evaluation left is then let
 finish, so that the next run's stops reach training again) it is
@@ -53,6 +56,7 @@ train.environment_report = lambda: "(not collected by scripts/check_stops.py)"
 
 CONFIG = "configs/trainers/SoftCPT/vit_b16_ep50.yaml"
 EPOCHS = 2
+SHOTS = 8  # three training batches an epoch (module docstring)
 MIN_DELAY = 0.05  # train.py installs its handlers within milliseconds of main() starting
 STOP_TIMEOUT = 60.0  # a signalled attempt still alive after this has hung
 EVAL_STOPS = 2  # stops a chain takes in its final evaluation before it is let finish
@@ -63,7 +67,7 @@ def command(root: str, workers: int = 2) -> list[str]:
     """The paper config with only the backbone, image size, epochs and workers overridden."""
     return ["--root", root, "--seed", "1", "--trainer", "SoftCPT",
             "--dataset-config-file", "configs/datasets/toy.yaml", "--config-file", CONFIG,
-            "--backbone", "tiny-b16", "DATASET.NUM_SHOTS", "2", "INPUT.SIZE", "(32, 32)",
+            "--backbone", "tiny-b16", "DATASET.NUM_SHOTS", str(SHOTS), "INPUT.SIZE", "(32, 32)",
             "OPTIM.MAX_EPOCH", str(EPOCHS), "DATALOADER.NUM_WORKERS", str(workers)]
 
 

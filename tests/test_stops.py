@@ -77,5 +77,5 @@ def test_signals_at_random_moments_stop_cleanly_and_resume_bit_for_bit(toy_root,
     # The signals reached runs whose workers were alive (so a group signal reached them too),
     # and some stopped an epoch between batches rather than after its checkpoint.
     assert min(summary["sent_with_workers"].values()) >= 5
-    assert summary["stopped_mid_epoch"] >= 2
+    assert summary["stopped_mid_epoch"] >= 5  # 16 in docs/reliability.md; 0 with no check between batches
     assert proc.returncode == 0, proc.stderr[-3000:]
